@@ -1,0 +1,74 @@
+"""What DeepAll and MASF share: the three sub-networks, validation per magnification, NaN guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from masf_lightning.errors import TrainingError
+from masf_lightning.models import Backbone, make_classifier, make_embedder
+
+
+class DGModule(pl.LightningModule):
+    """F_ψ (featurizer) → F_θ (classifier), optionally F_φ (embedder), validated per magnification.
+
+    Validation loaders are the datamodule's `val_names` (sources first, target last); we log
+    `val/<domain>/acc`, their source mean `val/source_acc` (the honest selection monitor) and
+    `val/target_acc` (what the paper's code effectively selected on).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        embedder: dict[str, int] | None = None,
+    ):
+        super().__init__()
+        self.featurizer = backbone.featurizer
+        self.classifier = make_classifier(backbone.feature_dim, num_classes)
+        self.embedder = make_embedder(backbone.feature_dim, **embedder) if embedder is not None else None
+        self.num_classes = num_classes
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self._val_counts: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.featurizer(x))
+
+    # -- numerical guard -----------------------------------------------------------------------
+    def check_finite(self, losses: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        """Stop at the first NaN/Inf with the step, the loss term and the domains named (one sync per step)."""
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        if not bool(torch.isfinite(values).all()):
+            bad = [k for k, v in zip(losses, values.tolist()) if not torch.isfinite(torch.tensor(v))]
+            raise TrainingError(
+                f"non-finite loss at step {batch['step']}: {', '.join(f'{k}={losses[k].item()}' for k in bad)} "
+                f"(meta-train {'+'.join(batch['meta_train'])}, meta-test {'+'.join(batch['meta_test'])}); "
+                "last good checkpoint kept; lower the learning rates or enable clipping"
+            )
+
+    # -- validation: accuracy per magnification -------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        n = len(self.trainer.datamodule.val_names)
+        self._val_counts = torch.zeros(n, 2, device=self.device, dtype=torch.float64)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y, _ = batch
+        correct = (self(x).argmax(1) == y).sum()
+        self._val_counts[dataloader_idx, 0] += correct
+        self._val_counts[dataloader_idx, 1] += len(y)
+
+    def on_validation_epoch_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
+        names = self.trainer.datamodule.val_names
+        acc = counts[:, 0] / counts[:, 1].clamp_min(1)
+        metrics = {f"val/{d}/acc": acc[i] for i, d in enumerate(names)}
+        metrics["val/source_acc"] = acc[:-1].mean()
+        metrics["val/target_acc"] = acc[-1]
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
+        self.log("val_src", metrics["val/source_acc"].float(), prog_bar=True, logger=False)

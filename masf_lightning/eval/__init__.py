@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, cross-magnification retrieval, embeddings and plots."""

@@ -1,0 +1,29 @@
+"""Run a trained model over one (magnification, split) subset and keep what evaluation needs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from masf_lightning.data.datamodule import BreakhisDataModule
+
+
+@torch.no_grad()
+def collect(model: nn.Module, dm: BreakhisDataModule, domain: str, split: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Features F_ψ(x), embeddings F_φ(F_ψ(x)) (when the model has an embedder), logits, labels and cache rows."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {"features": [], "embeddings": [], "logits": [], "labels": [], "rows": []}
+    for rows in dm.eval_loader(domain, split):
+        rows = rows.to(device)
+        x, y, rows = dm.on_after_batch_transfer(rows, 0)
+        f = model.featurizer(x)
+        out["features"].append(f.float().cpu())
+        out["logits"].append(model.classifier(f).float().cpu())
+        if getattr(model, "embedder", None) is not None:
+            out["embeddings"].append(model.embedder(f).float().cpu())
+        out["labels"].append(y.cpu())
+        out["rows"].append(rows.cpu())
+    model.train(was_training)
+    empty = torch.empty(0)
+    return {k: (torch.cat(v) if v else empty) for k, v in out.items()}

@@ -1,0 +1,145 @@
+"""MASF loss functions (paper Sections 3.1-3.3): cross-entropy, global class alignment, semi-hard triplet.
+
+All functions are pure: tensors in, tensors out, no module state. Equation numbers refer to
+/work/shared/paper/magnification-generalization-masf.md (Sikaroudi et al., after Dou et al. 2019).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+CLASS_AVERAGES = ("present", "all")
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Eq. 3: mean over samples of -log p(y | x), p = softmax(logits) (the paper's "log I(y_hat = c)").
+
+    The paper averages per domain, then over domains; the mean over the concatenated batch equals that
+    when every domain contributes the same batch size (our sampler's case), so no domain sizes are needed.
+    """
+    # log_softmax is the numerically stable log-probability; the paper's Eq. 3 omits the minus sign.
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -log_probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).mean()
+
+
+def class_soft_labels(
+    features: Tensor,
+    labels: Tensor,
+    classify: Callable[[Tensor], Tensor],
+    num_classes: int,
+    temperature: float = 2.0,
+    eps: float = 1e-8,
+) -> tuple[Tensor, Tensor]:
+    """Eqs. 4-5 for one domain: s_c = clip(softmax(F_theta(z_c) / tau), eps), z_c the class-c feature mean.
+
+    Returns (soft labels [C, C], present mask [C] bool). Rows of absent classes are uniform 1/C.
+    """
+    labels = labels.long()
+    counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
+    present = counts > 0
+    # index_add sums each class's features in one pass (no python loop over classes).
+    sums = features.new_zeros(num_classes, features.shape[-1]).index_add(0, labels, features)
+    # clamp(min=1) keeps absent classes at a zero mean instead of 0/0 = NaN (their rows are replaced below).
+    means = sums / counts.clamp(min=1).unsqueeze(-1).to(features.dtype)
+    probs = torch.softmax(classify(means) / temperature, dim=-1)
+    # MASF clips at eps so that log(p) in the KL (Eq. 6) stays finite.
+    probs = probs.clamp(min=eps)
+    uniform = torch.full_like(probs, 1.0 / probs.shape[-1])
+    # torch.where routes zero gradient into absent rows, so they can never leak NaN or signal.
+    return torch.where(present.unsqueeze(-1), probs, uniform), present
+
+
+def symmetric_kl(p: Tensor, q: Tensor) -> Tensor:
+    """Eq. 6's per-class term: 1/2 [KL(p||q) + KL(q||p)] for each row of already clipped probabilities.
+
+    Uses the identity KL(p||q) + KL(q||p) = sum (p - q)(log p - log q), which needs one log per input.
+    """
+    return 0.5 * ((p - q) * (p.log() - q.log())).sum(dim=-1)
+
+
+def global_alignment_loss(
+    soft_labels: Mapping[str, tuple[Tensor, Tensor]],
+    meta_train: Sequence[str],
+    meta_test: Sequence[str],
+    class_average: str = "present",
+) -> Tensor:
+    """Eqs. 6-7: mean over (i in meta-train, j in meta-test) of the per-class symmetric KL of s^(i), s^(j).
+
+    Eq. 6 averages over the classes present in both domains ("present"), or sums them and divides by C
+    ("all", as MASF's public TF code does). A pair sharing no class contributes 0 but still counts in Eq. 7.
+    """
+    if class_average not in CLASS_AVERAGES:
+        raise ValueError(f"class_average must be one of {CLASS_AVERAGES}, got {class_average!r}")
+    if not meta_train or not meta_test:
+        raise ValueError(
+            f"global_alignment_loss needs non-empty meta_train and meta_test, got {list(meta_train)} and {list(meta_test)}"
+        )
+    pair_losses = []
+    for i in meta_train:
+        s_i, present_i = soft_labels[i]
+        for j in meta_test:
+            s_j, present_j = soft_labels[j]
+            common = present_i & present_j
+            per_class = symmetric_kl(s_i, s_j)
+            # where (not multiply) so a non-finite value in an unused row cannot turn into NaN.
+            total = torch.where(common, per_class, torch.zeros_like(per_class)).sum()
+            if class_average == "present":
+                # clamp(min=1): a pair with no common class yields 0 / 1 = 0, keeping the graph intact.
+                denom = common.sum().clamp(min=1).to(total.dtype)
+            else:
+                denom = torch.tensor(float(per_class.shape[-1]), dtype=total.dtype, device=total.device)
+            pair_losses.append(total / denom)
+    return torch.stack(pair_losses).mean()
+
+
+def pairwise_squared_distances(embeddings: Tensor) -> Tensor:
+    """Squared Euclidean distance matrix ||e_a - e_b||^2 used by Eq. 8, clamped at 0 with an exact-zero diagonal.
+
+    The Gram expansion avoids sqrt, whose gradient is infinite when two embeddings coincide.
+    """
+    sq_norms = (embeddings * embeddings).sum(dim=-1)
+    dist = sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0) - 2.0 * embeddings @ embeddings.transpose(0, 1)
+    # Round-off can make the expansion slightly negative; distances are >= 0 by definition.
+    dist = dist.clamp(min=0.0)
+    eye = torch.eye(dist.shape[0], dtype=torch.bool, device=dist.device)
+    return torch.where(eye, torch.zeros_like(dist), dist)
+
+
+def triplet_semihard_loss(embeddings: Tensor, labels: Tensor, margin: float = 10.0) -> Tensor:
+    """Eq. 8 (sign typo fixed): mean over positive pairs (a, p) of [d(a,p) - d(a,n) + margin]_+, d squared L2.
+
+    n follows TF's triplet_semihard_loss: the closest negative with d(a,n) > d(a,p), else a's farthest negative.
+    Returns 0 (with a graph to `embeddings`) when the batch has no positive pair or only one class.
+    """
+    labels = labels.reshape(-1)
+    dist = pairwise_squared_distances(embeddings)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    eye = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+    positive = same & ~eye
+    negative = ~same
+
+    # [a, p, n]: n is a negative of a lying strictly farther from a than p (semi-hard).
+    d_ap = dist.unsqueeze(2)
+    d_an = dist.unsqueeze(1)
+    semihard = negative.unsqueeze(1) & (d_an > d_ap)
+    inf = torch.full((), float("inf"), dtype=dist.dtype, device=dist.device)
+    closest_semihard = torch.where(semihard, d_an, inf).amin(dim=2)
+    has_semihard = semihard.any(dim=2)
+
+    # Fallback when no semi-hard negative exists: the hardest-to-violate (farthest) negative of a.
+    farthest = torch.where(negative, dist, -inf).amax(dim=1, keepdim=True)
+    has_negative = negative.any(dim=1, keepdim=True)
+    # Rows without any negative (one-class batch) get a finite placeholder; they are dropped below.
+    farthest = torch.where(has_negative, farthest, torch.zeros_like(farthest))
+    closest_semihard = torch.where(has_semihard, closest_semihard, torch.zeros_like(closest_semihard))
+    d_neg = torch.where(has_semihard, closest_semihard, farthest.expand_as(closest_semihard))
+
+    hinge = torch.relu(dist - d_neg + margin)
+    # Anchors with no negative at all contribute nothing (TF would add margin + d(a,p) here instead).
+    valid = positive & has_negative
+    total = torch.where(valid, hinge, torch.zeros_like(hinge)).sum()
+    # clamp(min=1): no valid pair gives 0 / 1 = 0 rather than TF's 0 / 0 = NaN; no host sync needed.
+    return total / valid.sum().clamp(min=1).to(total.dtype)
