@@ -32,18 +32,22 @@ def class_soft_labels(
     num_classes: int,
     temperature: float = 2.0,
     eps: float = 1e-8,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Eqs. 4-5 for one domain: s_c = clip(softmax(F_theta(z_c) / tau), eps), z_c the class-c feature mean.
 
     Returns (soft labels [C, C], present mask [C] bool). Rows of absent classes are uniform 1/C.
+    `all_reduce` (a differentiable cross-process sum) makes the class means those of the global batch under DDP.
     """
     labels = labels.long()
-    counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
-    present = counts > 0
+    counts = torch.bincount(labels, minlength=num_classes)[:num_classes].to(features.dtype)
     # index_add sums each class's features in one pass (no python loop over classes).
     sums = features.new_zeros(num_classes, features.shape[-1]).index_add(0, labels, features)
+    if all_reduce is not None:
+        sums, counts = all_reduce(sums), all_reduce(counts)
+    present = counts > 0
     # clamp(min=1) keeps absent classes at a zero mean instead of 0/0 = NaN (their rows are replaced below).
-    means = sums / counts.clamp(min=1).unsqueeze(-1).to(features.dtype)
+    means = sums / counts.clamp(min=1).unsqueeze(-1)
     probs = torch.softmax(classify(means) / temperature, dim=-1)
     # MASF clips at eps so that log(p) in the KL (Eq. 6) stays finite.
     probs = probs.clamp(min=eps)

@@ -1,0 +1,381 @@
+"""Train/val/test splits as decisions on the index table, saved as a manifest next to the results.
+
+Protocols:
+- ``paper``: the paper's public code (DataframeSplitter.split, bghojogh/Histopathology-Magnification-
+  Generalization): per magnification, image-level random split, 45 % test, 45 % train, 10 % val.
+  Images of one patient land on both sides, so its scores are optimistic; kept to reproduce Tables 1-2.
+- ``patient`` (default): our stricter choice: patient-disjoint across all magnifications, stratified
+  by tumour type; fractions are of patients within each type.
+- ``official_fold``: the BreaKHis ``dsfold<k>.txt`` train/test (Spanhol et al., 2016), val carved
+  from the train patients. Index images the file does not list are marked ``"unused"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from masf_lightning.data.breakhis import TUMOR_TYPES, domain_name, parse_domain
+from masf_lightning.errors import ConfigError, DataError
+from masf_lightning.io import atomic_path
+
+PROTOCOLS: tuple[str, ...] = ("paper", "patient", "official_fold")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+UNUSED = "unused"
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "patient", "tumor_type", "magnification", "split")
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.6, 0.1, 0.3)
+# (train, val, test) of the public code: split_ratio is (test, train, val) = (0.45, 0.45, 0.10) there.
+PAPER_FRACTIONS: tuple[float, float, float] = (0.45, 0.10, 0.45)
+
+
+def _require_columns(index: pd.DataFrame, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in index.columns]
+    if missing:
+        raise DataError(
+            f"index lacks column(s) {missing}; build it with masf_lightning.data.breakhis.index_breakhis"
+        )
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"split.fractions {list(fractions)} must be three non-negative numbers (train, val, test) summing to 1"
+        )
+    if fr[0] == 0 or fr[2] == 0:
+        raise ConfigError(f"split.fractions {list(fractions)} must give train and test a non-zero share")
+    return fr  # type: ignore[return-value]
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"split.seed (split_seed) {seed!r} must be a non-negative integer")
+    return int(seed)
+
+
+def _as_split_series(values: np.ndarray, index: pd.DataFrame) -> pd.Series:
+    return pd.Series(values, index=index.index, name="split", dtype=str)
+
+
+def _allocate(n: int, fractions: Sequence[float], minimum: Sequence[int]) -> list[int]:
+    """Split n items into len(fractions) counts: largest remainder, then lift buckets to their minimum."""
+    raw = [f * n for f in fractions]
+    counts = [math.floor(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    for i, need in enumerate(minimum):
+        while counts[i] < need:
+            donors = [j for j in range(len(counts)) if counts[j] > minimum[j]]
+            if not donors:
+                break
+            counts[max(donors, key=lambda j: (counts[j] - minimum[j], -j))] -= 1
+            counts[i] += 1
+    return counts
+
+
+def _patient_types(index: pd.DataFrame) -> pd.Series:
+    """One tumour type per patient: the majority by image count, ties to the earlier type in TUMOR_TYPES.
+
+    Needed because patient 14-13412 appears under both DC and LC with the same images (tie -> DC);
+    it must stay one group so its copies never sit on two sides of a split.
+    """
+    rank = {t: i for i, t in enumerate(TUMOR_TYPES)}
+    counts = index.groupby(["patient", "tumor_type"]).size().reset_index(name="n")
+    counts["rank"] = counts["tumor_type"].map(lambda t: rank.get(t, len(rank)))
+    counts = counts.sort_values(["patient", "n", "rank"], ascending=[True, False, True], kind="stable")
+    return counts.drop_duplicates("patient").set_index("patient")["tumor_type"]
+
+
+def _stratified_patient_assignment(
+    patient_type: pd.Series,
+    fractions: Sequence[float],
+    seed: int,
+    names: Sequence[str],
+    min_patients: Sequence[int],
+) -> dict[str, str]:
+    """Assign patients to `names` within each type; a bucket with a non-zero fraction gets at least
+    one patient of a type once that type has `min_patients[i]` patients (our coverage rule)."""
+    rank = {t: i for i, t in enumerate(TUMOR_TYPES)}
+    out: dict[str, str] = {}
+    for ttype, group in patient_type.groupby(patient_type, sort=True):
+        patients = np.array(sorted(group.index))
+        n = len(patients)
+        minimum = [1 if f > 0 and n >= k else 0 for f, k in zip(fractions, min_patients, strict=True)]
+        counts = _allocate(n, fractions, minimum)
+        # One generator per type, so adding a patient of one type leaves the others' assignment alone.
+        rng = np.random.default_rng([seed, rank.get(str(ttype), len(rank))])
+        shuffled = patients[rng.permutation(n)]
+        start = 0
+        for name, c in zip(names, counts, strict=True):
+            for p in shuffled[start : start + c]:
+                out[str(p)] = name
+            start += c
+    return out
+
+
+def _split_paper(index: pd.DataFrame, seed: int) -> pd.Series:
+    """Per magnification: shuffle, first int(.45 n) -> test, up to int(.9 n) -> train, rest -> val (public code)."""
+    _require_columns(index, ("path", "magnification"))
+    values = np.empty(len(index), dtype=object)
+    mags = index["magnification"].to_numpy()
+    paths = index["path"].to_numpy()
+    train_f, _, test_f = PAPER_FRACTIONS
+    for mag in sorted(set(mags.tolist())):
+        pos = np.flatnonzero(mags == mag)
+        # Order by path first, so the input row order does not change the split.
+        pos = pos[np.argsort(paths[pos], kind="stable")]
+        n = len(pos)
+        # Public code shuffles unseeded (DataFrame.sample); we seed per magnification for reproducibility.
+        pos = pos[np.random.default_rng([seed, int(mag)]).permutation(n)]
+        n_test, n_test_train = int(test_f * n), int((test_f + train_f) * n)
+        values[pos[:n_test]] = "test"
+        values[pos[n_test:n_test_train]] = "train"
+        values[pos[n_test_train:]] = "val"
+    return _as_split_series(values, index)
+
+
+def _split_patient(index: pd.DataFrame, seed: int, fractions: tuple[float, float, float]) -> pd.Series:
+    """Patient-disjoint across all magnifications, stratified by each patient's (majority) tumour type."""
+    _require_columns(index, ("patient", "tumor_type"))
+    # Train from 1 patient, test from 2, val from 3: every type with >= 2 patients is trained and tested.
+    assignment = _stratified_patient_assignment(_patient_types(index), fractions, seed, SPLITS, (1, 3, 2))
+    return _as_split_series(index["patient"].map(assignment).to_numpy(dtype=object), index)
+
+
+def read_fold_file(fold_file: str | os.PathLike[str]) -> pd.DataFrame:
+    """Parse a BreaKHis ``dsfold<k>.txt`` (rows ``filename|mag|fold|grp``) into columns filename, magnification, fold, grp."""
+    path = Path(fold_file)
+    if not path.is_file():
+        raise DataError(
+            f"fold file {str(path)!r} does not exist; set split.fold_file to a BreaKHis dsfold<k>.txt"
+        )
+    rows: list[tuple[str, int, int, str]] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        fields = [f.strip() for f in line.split("|")]
+        if (
+            len(fields) != 4
+            or not fields[1].isdigit()
+            or not fields[2].isdigit()
+            or fields[3].lower() not in ("train", "test")
+        ):
+            raise DataError(f"{path}:{lineno}: expected 'filename|mag|fold|train-or-test', got {line[:80]!r}")
+        name = fields[0].replace("\\", "/").rsplit("/", 1)[-1]
+        rows.append((name, int(fields[1]), int(fields[2]), fields[3].lower()))
+    if not rows:
+        raise DataError(f"fold file {path} lists no images; expected rows 'filename|mag|fold|train-or-test'")
+    table = pd.DataFrame(rows, columns=["filename", "magnification", "fold", "grp"])
+    folds = sorted(table["fold"].unique().tolist())
+    if len(folds) > 1:
+        raise DataError(f"fold file {path} mixes folds {folds}; give one dsfold<k>.txt file")
+    grps = table.groupby("filename")["grp"].nunique()
+    if (grps > 1).any():
+        raise DataError(f"fold file {path} puts {grps[grps > 1].index[0]} in both train and test")
+    return table.drop_duplicates("filename").reset_index(drop=True)
+
+
+def _split_official_fold(
+    index: pd.DataFrame,
+    seed: int,
+    fractions: tuple[float, float, float],
+    fold_file: str | os.PathLike[str] | None,
+) -> pd.Series:
+    """Train/test from the fold file; val = about fractions[1] of train patients per type (our choice)."""
+    if fold_file is None:
+        raise ConfigError("split protocol 'official_fold' needs split.fold_file (a BreaKHis dsfold<k>.txt)")
+    _require_columns(index, ("path", "patient", "tumor_type", "magnification"))
+    table = read_fold_file(fold_file)
+    names = index["path"].str.rsplit("/", n=1).str[-1]
+    known = set(names.tolist())
+    missing = table.loc[~table["filename"].isin(known), "filename"]
+    if len(missing):
+        raise DataError(
+            f"fold file {fold_file} names {len(missing)} image(s) missing from the index, first {missing.iloc[0]}; "
+            "point the data root at a complete BreaKHis copy"
+        )
+    fold_of = dict(zip(table["filename"], table["grp"], strict=True))
+    mag_of = dict(zip(table["filename"], table["magnification"], strict=True))
+    listed = names.isin(fold_of.keys())
+    bad = listed & (names.map(mag_of) != index["magnification"])
+    if bad.any():
+        raise DataError(
+            f"fold file {fold_file} gives {names[bad].iloc[0]} a magnification that contradicts its name"
+        )
+    values = np.where(listed, names.map(fold_of).to_numpy(dtype=object), UNUSED).astype(object)
+    raw = _as_split_series(values, index)
+    try:
+        check_patient_leakage(index, raw)
+    except DataError as exc:
+        raise DataError(f"fold file {fold_file} is not patient-disjoint: {exc}") from None
+    train_rows = index[raw.to_numpy() == "train"]
+    types = _patient_types(index).loc[sorted(train_rows["patient"].unique())]
+    val_share = fractions[1]
+    assignment = _stratified_patient_assignment(
+        types, (1.0 - val_share, val_share), seed, ("train", "val"), (1, 3)
+    )
+    to_val = (raw == "train").to_numpy() & (index["patient"].map(assignment) == "val").to_numpy()
+    values[to_val] = "val"
+    return _as_split_series(values, index)
+
+
+def make_split(
+    index: pd.DataFrame,
+    protocol: str = "patient",
+    seed: int = 0,
+    *,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    fold_file: str | Path | None = None,
+) -> pd.Series:
+    """Return "train"/"val"/"test" (and "unused" for official_fold) per index row, aligned with `index`.
+
+    `seed` is the config's `split_seed`, independent of the training seed, so reruns share one split.
+    """
+    seed = _check_seed(seed)
+    if protocol == "paper":
+        if tuple(fractions) not in (DEFAULT_FRACTIONS, PAPER_FRACTIONS):
+            raise ConfigError(
+                f"split.fractions {list(fractions)} do not apply to protocol 'paper', fixed at 45/10/45 "
+                "train/val/test by the paper's code; use protocol 'patient' to choose fractions"
+            )
+        return _split_paper(index, seed)
+    if protocol == "patient":
+        split = _split_patient(index, seed, _check_fractions(fractions))
+    elif protocol == "official_fold":
+        split = _split_official_fold(index, seed, _check_fractions(fractions), fold_file)
+    else:
+        raise ConfigError(f"split.protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
+    check_patient_leakage(index, split)
+    return split
+
+
+def _aligned(index: pd.DataFrame, split: pd.Series) -> pd.Series:
+    if len(split) != len(index) or not split.index.equals(index.index):
+        raise ValueError(
+            "split must be aligned with index (same length and index labels); build it with make_split(index)"
+        )
+    return split
+
+
+def check_patient_leakage(index: pd.DataFrame, split: pd.Series) -> None:
+    """Raise DataError if any patient has images in two of train/val/test (any magnification)."""
+    _require_columns(index, ("patient",))
+    split = _aligned(index, split)
+    used = split.to_numpy() != UNUSED
+    sides = pd.DataFrame({"patient": index["patient"].to_numpy()[used], "split": split.to_numpy()[used]})
+    per_patient = sides.groupby("patient")["split"].unique()
+    leaking = per_patient[per_patient.map(len) > 1].sort_index()
+    if len(leaking):
+        where = sorted(leaking.iloc[0], key=lambda s: SPLITS.index(s) if s in SPLITS else len(SPLITS))
+        raise DataError(
+            f"patient {leaking.index[0]} has images in {' and '.join(where)} "
+            f"({len(leaking)} leaking patient(s)); use a patient-disjoint split"
+        )
+
+
+def check_split_covers(
+    index: pd.DataFrame,
+    split: pd.Series,
+    label_column: str,
+    domains: Mapping[str, Iterable[int | str]] | Iterable[int | str],
+    classes: Sequence[str] | None = None,
+) -> None:
+    """Raise DataError if some class has no images in a needed (domain, split).
+
+    `domains` maps a split name to the domains that need every class there, e.g.
+    {"train": [40, 100, 200], "val": [40, 100, 200], "test": [400]}; a plain list of domains means
+    train, val and test for each. `classes` defaults to the classes present in the index.
+    """
+    if label_column not in index.columns:
+        raise ConfigError(f"label column {label_column!r} is not in the index; use tumor_type or malignancy")
+    _require_columns(index, ("magnification",))
+    split = _aligned(index, split)
+    needed: dict[str, list[int]]
+    if isinstance(domains, Mapping):
+        for s in domains:
+            if s not in SPLITS:
+                raise ConfigError(
+                    f"split {s!r} in the coverage check is unknown; use one of {', '.join(SPLITS)}"
+                )
+        needed = {s: [parse_domain(d) for d in ds] for s, ds in domains.items()}
+    else:
+        doms = [parse_domain(d) for d in domains]
+        needed = {s: doms for s in SPLITS}
+    if classes is None:
+        present = set(index[label_column].unique().tolist())
+        canonical = [c for c in (*TUMOR_TYPES, "benign", "malignant") if c in present]
+        classes = canonical + sorted(present - set(canonical))
+    have = set(
+        zip(
+            index["magnification"].to_numpy().tolist(),
+            split.to_numpy().tolist(),
+            index[label_column].to_numpy().tolist(),
+            strict=True,
+        )
+    )
+    gaps = [(c, d, s) for s, doms in needed.items() for d in doms for c in classes if (d, s, c) not in have]
+    if gaps:
+        c, d, s = gaps[0]
+        raise DataError(
+            f"split leaves class {c!r} with no images in domain {domain_name(d)}, split {s!r} "
+            f"({len(gaps)} gap(s) in all); change split_seed/fractions or the protocol"
+        )
+
+
+def write_split_manifest(index: pd.DataFrame, split: pd.Series, path: str | os.PathLike[str]) -> None:
+    """Atomically write the split as CSV (path, patient, tumor_type, magnification, split) for auditing and reuse."""
+    _require_columns(index, MANIFEST_COLUMNS[:-1])
+    split = _aligned(index, split)
+    table = index.loc[:, list(MANIFEST_COLUMNS[:-1])].copy()
+    table["split"] = split.to_numpy()
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def read_split_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a manifest written by `write_split_manifest`, checking its columns and split names."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split manifest {str(path)!r} does not exist; write it with write_split_manifest")
+    dtypes = {"path": str, "patient": str, "tumor_type": str, "split": str}
+    try:
+        table = pd.read_csv(path, dtype=dtypes, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(
+            f"split manifest {path} is not a readable CSV ({exc}); delete it to rebuild the split"
+        ) from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"split manifest {path} lacks column(s) {missing}; delete it to rebuild the split")
+    bad = ~table["split"].isin((*SPLITS, UNUSED))
+    if bad.any():
+        raise DataError(
+            f"split manifest {path} has unknown split {table['split'][bad].iloc[0]!r}; use train/val/test/unused"
+        )
+    try:
+        table["magnification"] = table["magnification"].astype(np.int64)
+    except (ValueError, TypeError):
+        raise DataError(
+            f"split manifest {path} has a non-integer magnification; delete it to rebuild the split"
+        ) from None
+    return table.loc[:, list(MANIFEST_COLUMNS)]
+
+
+def split_from_manifest(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.Series:
+    """Re-align a saved manifest to `index` by path, so a resumed run reuses exactly the saved split."""
+    _require_columns(index, ("path",))
+    by_path = dict(zip(manifest["path"], manifest["split"], strict=True))
+    values = index["path"].map(by_path)
+    if values.isna().any():
+        first = index["path"][values.isna()].iloc[0]
+        raise DataError(
+            f"{int(values.isna().sum())} indexed image(s) are not in the split manifest, first {first}; delete it to rebuild the split"
+        )
+    return _as_split_series(values.to_numpy(dtype=object), index)
