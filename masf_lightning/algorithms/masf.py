@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.func import functional_call
 
 from masf_lightning.algorithms.base import DGModule
@@ -24,6 +25,28 @@ def clip_per_tensor(grads: Sequence[torch.Tensor], max_norm: float | None) -> li
     if max_norm is None:
         return list(grads)
     return [g * (max_norm / (g.norm() + 1e-12)).clamp(max=1.0) for g in grads]
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over DDP processes (identity in one process)."""
+    if _world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t)
+
+
+def gather_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable concatenation of every process's rows, in rank order (identity in one process)."""
+    if _world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t))
 
 
 class MASF(DGModule):
@@ -68,6 +91,9 @@ class MASF(DGModule):
         cr = cross_entropy(functional_call(self.classifier, theta, functional_call(self.featurizer, psi, x_tr)), y_tr)
         params = [*psi.values(), *theta.values()]
         grads = torch.autograd.grad(cr, params, create_graph=not self.first_order)
+        if _world_size() > 1:  # under DDP every rank steps with the global batch's ∇L_cr
+            flat = sum_across_ranks(torch.cat([g.reshape(-1) for g in grads])) / _world_size()
+            grads = [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)]
 
         # Eq. 9: (ψ', θ') = (ψ, θ) − α ∇L_cr; first-order drops the inner gradient's own dependence on (ψ, θ).
         inner = clip_per_tensor(grads if not self.first_order else [g.detach() for g in grads], self.inner_clip)
@@ -83,7 +109,12 @@ class MASF(DGModule):
         # Eqs. 4–7: class-mean soft labels through F_θ' at temperature τ, symmetric KL over tr × te pairs.
         soft = {
             d: class_soft_labels(
-                feats[d], batches[d][1], lambda z: functional_call(self.classifier, theta_f, z), self.num_classes, self.temperature
+                feats[d],
+                batches[d][1],
+                lambda z: functional_call(self.classifier, theta_f, z),
+                self.num_classes,
+                self.temperature,
+                all_reduce=sum_across_ranks,
             )
             for d in names
         }
@@ -95,7 +126,7 @@ class MASF(DGModule):
         f_t = torch.cat([feats[d][:m] for d, m in zip(names, k)])
         y_t = torch.cat([batches[d][1][:m] for d, m in zip(names, k)])
         f_scaled = self.beta_tri * f_t + (1 - self.beta_tri) * f_t.detach()
-        tri_carrier = triplet_semihard_loss(self.embedder(f_scaled), y_t, self.margin)
+        tri_carrier = triplet_semihard_loss(gather_across_ranks(self.embedder(f_scaled)), gather_across_ranks(y_t), self.margin)
         tri = tri_carrier.detach()
 
         meta = self.beta_gen * gen + self.beta_tri * tri  # Eq. 10

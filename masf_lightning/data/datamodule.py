@@ -1,0 +1,346 @@
+"""Episodic multi-magnification DataModule.
+
+Each training step yields one batch per source magnification plus that step's meta-train / meta-test
+split of the sources. Episode k is a pure function of (seed, k): a resumed run continues the very same
+stream, and under DDP every rank draws the same global batch and keeps its own shard of it, with the
+same meta-split. Images live in one uint8 tensor (the cache); batches carry indices and are
+materialized, augmented and normalized after transfer, on the device that trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from masf_lightning.data.breakhis import class_names, domain_name, index_breakhis, parse_domain
+from masf_lightning.data.cache import CachedImages, Geometry, build_cache
+from masf_lightning.data.splits import check_split_covers, make_split, write_split_manifest
+from masf_lightning.errors import ConfigError, DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def step_generator(seed: int, step: int, salt: str = "") -> torch.Generator:
+    """A CPU generator seeded from (seed, step, salt): randomness that is reproducible per step."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{salt}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+@dataclass
+class EpisodeSampler:
+    """Draws episode `step`: per source domain a batch of indices into the cache, and the meta-split.
+
+    `pools[d]` holds cache row indices of domain d's training images, `labels` the class id of every
+    cache row. `batch_size` is the global batch per domain; rank r keeps rows r, r+W, r+2W, ….
+    """
+
+    pools: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    batch_size: int
+    meta_test_count: int = 1
+    seed: int = 0
+    class_balanced: bool = False
+    rank: int = 0
+    world_size: int = 1
+    crop_range: int = 1  # cache side − input side + 1: number of crop offsets per axis
+    augment: bool = True
+    _by_class: dict[str, list[torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.meta_test_count < len(self.pools):
+            raise ConfigError(
+                f"data.meta_test_domains={self.meta_test_count} must be between 1 and {len(self.pools) - 1} "
+                f"for {len(self.pools)} source domains"
+            )
+        if self.batch_size % self.world_size:
+            raise ConfigError(f"data.batch_size_per_domain={self.batch_size} must be divisible by the {self.world_size} processes")
+        for d, pool in self.pools.items():
+            y = self.labels[pool]
+            self._by_class[d] = [pool[y == c] for c in torch.unique(y).tolist()]
+
+    def _draw(self, domain: str, g: torch.Generator) -> torch.Tensor:
+        pool = self.pools[domain]
+        if self.class_balanced:
+            groups = self._by_class[domain]
+            which = torch.randint(len(groups), (self.batch_size,), generator=g)
+            pick = [groups[k][torch.randint(len(groups[k]), (1,), generator=g)] for k in which.tolist()]
+            return torch.cat(pick)
+        if len(pool) >= self.batch_size:
+            return pool[torch.randperm(len(pool), generator=g)[: self.batch_size]]
+        return pool[torch.randint(len(pool), (self.batch_size,), generator=g)]
+
+    def episode(self, step: int) -> dict[str, Any]:
+        g = step_generator(self.seed, step, "episode")
+        names = sorted(self.pools)
+        order = torch.randperm(len(names), generator=g).tolist()
+        meta_test = sorted(names[i] for i in order[: self.meta_test_count])
+        meta_train = [d for d in names if d not in meta_test]
+        domains = {}
+        for d in names:
+            idx = self._draw(d, g)
+            # augmentation is drawn for the global batch too, so every sample is the same under any sharding
+            n = len(idx)
+            if self.augment:
+                aug = torch.stack(
+                    [
+                        torch.randint(self.crop_range, (n,), generator=g),
+                        torch.randint(self.crop_range, (n,), generator=g),
+                        torch.randint(2, (n,), generator=g),
+                        torch.randint(4, (n,), generator=g),
+                    ],
+                    1,
+                )
+            else:
+                centre = (self.crop_range - 1) // 2
+                aug = torch.tensor([[centre, centre, 0, 0]]).repeat(n, 1)
+            shard = slice(self.rank, None, self.world_size)
+            domains[d] = {"index": idx[shard], "y": self.labels[idx[shard]], "aug": aug[shard]}
+        return {"step": step, "meta_train": meta_train, "meta_test": meta_test, "domains": domains}
+
+
+class EpisodeStream:
+    """An endless iterable of episodes that starts where the trainer's step counter is (resume)."""
+
+    def __init__(self, sampler: EpisodeSampler, start_step: Callable[[], int]):
+        self.sampler = sampler
+        self.start_step = start_step
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        step = self.start_step()
+        while True:
+            yield self.sampler.episode(step)
+            step += 1
+
+
+class _Rows(Dataset):
+    """Cache row indices of one evaluation subset; the images are gathered after transfer."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[i]
+
+
+def augment(x: torch.Tensor, out_size: int, params: torch.Tensor) -> torch.Tensor:
+    """Per-sample crop to out_size at (oy, ox), horizontal flip and k·90° rotation (params rows: oy, ox, flip, k).
+
+    Histology has no canonical orientation, so flips and right-angle rotations are label-preserving.
+    """
+    n = x.shape[0]
+    params = params.to(x.device)
+    ar = torch.arange(out_size, device=x.device)
+    rows = (params[:, 0:1] + ar)[:, None, :, None]
+    cols = (params[:, 1:2] + ar)[:, None, None, :]
+    x = x[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
+    x = torch.where(params[:, 2, None, None, None].bool(), x.flip(-1), x)
+    for k in (1, 2, 3):
+        sel = params[:, 3] == k
+        if bool(sel.any()):
+            x[sel] = torch.rot90(x[sel], k, dims=(-2, -1))
+    return x
+
+
+def center_crop(x: torch.Tensor, out_size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    top, left = (h - out_size) // 2, (w - out_size) // 2
+    return x[..., top : top + out_size, left : left + out_size]
+
+
+class BreakhisDataModule(pl.LightningDataModule):
+    """BreaKHis (real or synthetic) as four magnification domains: one target, three sources."""
+
+    def __init__(
+        self,
+        root: str | None,
+        task: str = "tumor_type",
+        target: str = "400x",
+        stain: Any = None,
+        geometry: dict[str, Any] | None = None,
+        input_size: int = 64,
+        split: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+        synthetic: dict[str, Any] | None = None,
+        batch_size_per_domain: int = 24,
+        meta_test_domains: int = 1,
+        class_balanced: bool = False,
+        augment: bool = True,
+        normalize: Sequence[Sequence[float]] = (IMAGENET_MEAN, IMAGENET_STD),
+        eval_batch_size: int = 256,
+        images_on_device: bool = True,
+        on_bad_file: str = "raise",
+        num_workers: int = 2,
+        seed: int = 0,
+        output_dir: str | None = None,
+        progress: bool = True,
+    ):
+        super().__init__()
+        if root in (None, "", "???"):
+            raise ConfigError("data.root is not set: pass data.root=DIR (the folder holding BreaKHis_v1)")
+        self.root = Path(root)
+        self.task = task
+        self.class_names = class_names(task)
+        self.label_column = "tumor_type" if task == "tumor_type" else "malignancy"
+        self.target = domain_name(parse_domain(target))
+        self.stain = stain
+        geometry = dict(geometry or {"mode": "resize", "size": input_size})
+        self.geometry = Geometry(**geometry)
+        if input_size > self.geometry.size:
+            raise ConfigError(f"data.input_size={input_size} is larger than data.geometry.size={self.geometry.size}")
+        self.input_size = input_size
+        self.split_cfg = dict(split or {"protocol": "patient", "seed": 0})
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".masf_cache"
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.batch_size = batch_size_per_domain
+        self.meta_test_count = meta_test_domains
+        self.class_balanced = class_balanced
+        self.do_augment = augment
+        self.mean = torch.tensor(normalize[0]).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(normalize[1]).view(1, 3, 1, 1) * 255
+        self.eval_batch_size = eval_batch_size
+        self.images_on_device = images_on_device
+        self.on_bad_file = on_bad_file
+        self.num_workers = num_workers
+        self.seed = seed
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.progress = progress
+        self.cached: CachedImages | None = None
+        self.index: pd.DataFrame | None = None
+        self._images: dict[torch.device, torch.Tensor] = {}
+
+    # -- preparation ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic data if asked, index, split and build the cache (rank 0 only)."""
+        if self.synthetic is not None:
+            from masf_lightning.data.synthetic import generate_synthetic_breakhis
+
+            generate_synthetic_breakhis(self.root, progress=self.progress, **self.synthetic)
+        self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cached is None:
+            self._load()
+
+    def _load(self) -> None:
+        if self.cached is not None:
+            return
+        index = index_breakhis(self.root, on_error=self.on_bad_file)
+        present = sorted(index["magnification"].unique().tolist())
+        if parse_domain(self.target) not in present:
+            raise ConfigError(
+                f"target={self.target} has no images under {self.root} (magnifications present: "
+                f"{', '.join(domain_name(m) for m in present)})"
+            )
+        if len(present) < 3:
+            raise DataError(f"{self.root} holds {len(present)} magnification(s); leave-one-out needs at least 3")
+        cfg = self.split_cfg
+        split = make_split(
+            index,
+            cfg.get("protocol", "patient"),
+            int(cfg.get("seed", 0)),
+            fractions=tuple(cfg.get("fractions", (0.6, 0.1, 0.3))),
+            fold_file=cfg.get("fold_file"),
+        )
+        keep = (split != "unused").to_numpy()  # official_fold: images its file does not list
+        index, split = index[keep].reset_index(drop=True), split[keep].reset_index(drop=True)
+        index = index.assign(split=split.values, domain=[domain_name(m) for m in index["magnification"]])
+        index["label"] = index[self.label_column].map({c: i for i, c in enumerate(self.class_names)}).astype("int64")
+        self.sources = [domain_name(m) for m in present if domain_name(m) != self.target]
+        check_split_covers(
+            index, split, self.label_column, {"train": self.sources, "val": [*self.sources, self.target], "test": [self.target]}
+        )
+        if self.output_dir is not None:
+            write_split_manifest(index, split, self.output_dir / "split_manifest.csv")
+        self.cached = build_cache(
+            self.root, index, self.stain, self.geometry, self.cache_dir, num_workers=self.num_workers, progress=self.progress
+        )
+        self.index = index.reset_index(drop=True)
+        self.labels = torch.tensor(self.index["label"].to_numpy(), dtype=torch.long)
+
+    def rows(self, domain: str, split: str) -> torch.Tensor:
+        """Cache rows of one (magnification, split) subset."""
+        assert self.index is not None
+        mask = (self.index["domain"] == domain) & (self.index["split"] == split)
+        return torch.as_tensor(mask.to_numpy().nonzero()[0], dtype=torch.long)
+
+    # -- loaders -------------------------------------------------------------------------------
+    def train_dataloader(self) -> EpisodeStream:
+        rank, world = 0, 1
+        trainer = self.trainer
+        if trainer is not None:
+            rank, world = trainer.global_rank, trainer.world_size
+        sampler = EpisodeSampler(
+            pools={d: self.rows(d, "train") for d in self.sources},
+            labels=self.labels,
+            batch_size=self.batch_size,
+            meta_test_count=self.meta_test_count,
+            seed=self.seed,
+            class_balanced=self.class_balanced,
+            rank=rank,
+            world_size=world,
+            crop_range=self.geometry.size - self.input_size + 1,
+            augment=self.do_augment,
+        )
+        return EpisodeStream(sampler, start_step=lambda: int(trainer.global_step) if trainer is not None else 0)
+
+    @property
+    def val_names(self) -> list[str]:
+        """Validation loaders: each source domain's val split, then the target's."""
+        return [*self.sources, self.target]
+
+    def eval_loader(self, domain: str, split: str) -> DataLoader:
+        return DataLoader(_Rows(self.rows(domain, split)), batch_size=self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.eval_loader(d, "val") for d in self.val_names]
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.target, "test")
+
+    # -- materialization on the training device -----------------------------------------------
+    def images_on(self, device: torch.device) -> torch.Tensor:
+        assert self.cached is not None
+        if device.type == "cpu" or not self.images_on_device:
+            return self.cached.images
+        if device not in self._images:
+            self._images[device] = self.cached.images.to(device)
+        return self._images[device]
+
+    def materialize(self, rows: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 cache rows → normalized float images; cropped/flipped/rotated by `aug` when given."""
+        images = self.images_on(rows.device)
+        x = images[rows.to(images.device)].to(rows.device)
+        x = augment(x, self.input_size, aug) if aug is not None else center_crop(x, self.input_size)
+        dtype = self.trainer.lightning_module.dtype if self.trainer is not None else torch.float32
+        mean, std = self.mean.to(x.device, dtype), self.std.to(x.device, dtype)
+        return (x.to(dtype) - mean) / std
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "domains" in batch:
+            batch["domains"] = {d: (self.materialize(v["index"], v["aug"]), v["y"]) for d, v in batch["domains"].items()}
+            return batch
+        rows = batch
+        return self.materialize(rows), self.labels.to(rows.device)[rows], rows
+
+    def describe(self) -> str:
+        assert self.index is not None
+        t = self.index.groupby(["domain", "split"]).size().unstack(fill_value=0)
+        return f"task={self.task} target={self.target} sources={','.join(self.sources)}\n{t.to_string()}"
+
+

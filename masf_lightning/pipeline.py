@@ -1,0 +1,254 @@
+"""One run from a composed Hydra config: data → model → fit → select checkpoint → evaluate → metrics.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from masf_lightning.algorithms import DGModule
+from masf_lightning.data.datamodule import BreakhisDataModule
+from masf_lightning.errors import ConfigError
+from masf_lightning.eval.embeddings import collect
+from masf_lightning.eval.metrics import classification_metrics, knn_accuracy
+from masf_lightning.eval.plots import confusion_figure
+from masf_lightning.io import write_json_atomic
+
+SELECTIONS = {"source_val": "val/source_acc", "target_val": "val/target_acc", "last": None}
+METRICS_FILE = "metrics.json"
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModule:
+    return instantiate(
+        cfg.data,
+        task=cfg.task,
+        target=cfg.target,
+        stain=instantiate(cfg.stain),
+        split=OmegaConf.to_container(cfg.split, resolve=True),
+        seed=cfg.seed,
+        output_dir=str(run_dir) if run_dir else None,
+        progress=cfg.progress,
+        _convert_="all",
+    )
+
+
+def build_module(cfg: DictConfig, num_classes: int) -> DGModule:
+    backbone_cfg = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in ("cache_size", "input_size", "geometry")}
+    method_cfg = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+    # partial: the Backbone object must reach the module as is, not be turned into a config node
+    return instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
+    monitor = SELECTIONS.get(cfg.selection, "?")
+    if monitor == "?":
+        raise ConfigError(f"selection={cfg.selection!r} is not one of {', '.join(SELECTIONS)}")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-{step}",
+        monitor=monitor,
+        mode="max",
+        save_top_k=1 if monitor else 0,
+        save_last=True,
+        every_n_train_steps=None if monitor else cfg.val_every,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[pl.Callback] = [checkpoint]
+    if cfg.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    if cfg.early_stopping_patience is not None and monitor is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(cfg.early_stopping_patience)))
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if trainer_cfg.get("strategy") == "ddp":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        trainer_cfg["strategy"] = DDPStrategy(find_unused_parameters=False)
+    trainer = pl.Trainer(
+        **trainer_cfg,
+        max_steps=int(cfg.steps),  # one optimizer step per meta-iteration, so steps = paper iterations
+        val_check_interval=int(cfg.val_every),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the episodic sampler shards per rank itself
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=bool(cfg.progress),
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        default_root_dir=str(run_dir),
+    )
+    return trainer, checkpoint
+
+
+def evaluate(module: DGModule, dm: BreakhisDataModule, ks: list[int]) -> dict[str, Any]:
+    """The paper's metric (target test accuracy) plus per-domain accuracy and cross-magnification k-NN."""
+    device = module.device
+    target_test = collect(module, dm, dm.target, "test", device)
+    cls = classification_metrics(target_test["logits"], target_test["labels"], dm.num_classes)
+    out: dict[str, Any] = {
+        "target_test_acc": cls["acc"],
+        "target_test_balanced_acc": cls["balanced_acc"],
+        "target_test_macro_f1": cls["macro_f1"],
+        "target_test_n": cls["n"],
+        "target_test_confusion": cls["confusion"],
+    }
+    source_val = []
+    for d in dm.sources:
+        res = collect(module, dm, d, "val", device)
+        source_val.append(classification_metrics(res["logits"], res["labels"], dm.num_classes)["acc"])
+    out["source_val_acc"] = float(sum(source_val) / len(source_val))
+    out["test_acc_by_domain"] = {}
+    for d in dm.sources:
+        res = collect(module, dm, d, "test", device)
+        out["test_acc_by_domain"][d] = classification_metrics(res["logits"], res["labels"], dm.num_classes)["acc"] if len(res["labels"]) else None
+    out["test_acc_by_domain"][dm.target] = cls["acc"]
+    reference = {k: torch.cat(v) for k, v in _stack([collect(module, dm, d, "train", device) for d in dm.sources]).items()}
+    for space in ("features", "embeddings"):
+        if len(target_test[space]) == 0:
+            for k in ks:
+                out[f"knn{k}_{space}_acc"] = None
+            continue
+        accs = knn_accuracy(target_test[space], target_test["labels"], reference[space], reference["labels"], ks)
+        for k in ks:
+            out[f"knn{k}_{space}_acc"] = accs[k]
+    return out
+
+
+def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+    return {k: [p[k] for p in parts] for k in parts[0]}
+
+
+def log_to_tensorboard(trainer: pl.Trainer, module: DGModule, dm: BreakhisDataModule, metrics: dict[str, Any], cfg: DictConfig) -> None:
+    logger = trainer.logger
+    if not isinstance(logger, TensorBoardLogger):
+        return
+    exp = logger.experiment
+    fig = confusion_figure(metrics["target_test_confusion"], dm.class_names, f"{cfg.method.name} · target {dm.target} · test")
+    exp.add_figure("test/target_confusion", fig, global_step=trainer.global_step)
+    hp = {"method": cfg.method.name, "task": cfg.task, "target": dm.target, "seed": cfg.seed, "backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "steps": cfg.steps, "protocol": cfg.split.protocol, "selection": cfg.selection}
+    exp.add_hparams(hp, {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, float)}, run_name=".")
+    if cfg.eval.projector:
+        parts = [("test", dm.target)] + [("val", d) for d in dm.sources]
+        feats, meta = [], []
+        for split, d in parts:
+            res = collect(module, dm, d, split, module.device)
+            space = res["embeddings"] if len(res["embeddings"]) else res["features"]
+            feats.append(space)
+            rows = dm.index.iloc[res["rows"].numpy()]
+            meta += [[r.tumor_type, r.malignancy, f"{r.magnification}x", split, "target" if d == dm.target else "source"] for r in rows.itertuples()]
+        exp.add_embedding(torch.cat(feats), metadata=meta, metadata_header=["type", "malignancy", "magnification", "split", "role"], tag="target_test+source_val", global_step=trainer.global_step)
+
+
+RUN_CONFIG_FILE = "run_config.json"
+# Keys that may differ between a run and its resumption without changing its result.
+NON_RESULT_KEYS = ("paths", "progress", "trainer")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def claim_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Make `run_dir` this config's own: refuse one that holds another config's run; return finished metrics.
+
+    A run dir is reused only by the same configuration (that is how an interrupted run resumes and a
+    finished one is skipped); anything else would mix or overwrite results.
+    """
+    wanted = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NON_RESULT_KEYS}
+    path = run_dir / RUN_CONFIG_FILE
+    if path.is_file():
+        try:
+            have = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            have = None
+        if have is not None and have != json.loads(json.dumps(wanted, default=str)):
+            a, b = _flat(have), _flat(json.loads(json.dumps(wanted, default=str)))
+            key = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            raise ConfigError(
+                f"{run_dir} already holds a run with {key}={a.get(key)!r} (now {b.get(key)!r}); "
+                "choose another hydra.run.dir or delete that folder"
+            )
+        metrics = run_dir / METRICS_FILE
+        if metrics.is_file():
+            try:
+                return json.loads(metrics.read_text())
+            except json.JSONDecodeError:
+                pass  # written atomically, so this is a foreign file: recompute
+    else:
+        write_json_atomic(path, wanted)
+    return None
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train one configuration and write `metrics.json` into `run_dir`; returns the metrics.
+
+    Re-running the same command skips a finished run and resumes an interrupted one from `last.ckpt`.
+    """
+    started = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    finished = claim_run_dir(cfg, run_dir)
+    if finished is not None:
+        print(f"already finished: {run_dir / METRICS_FILE}")
+        return finished
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm = build_datamodule(cfg, run_dir)
+    dm.prepare_data()
+    dm.setup("fit")
+    if cfg.progress:
+        print(dm.describe())
+    module = build_module(cfg, dm.num_classes)
+    trainer, checkpoint = build_trainer(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed = last.is_file()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    if trainer.global_rank != 0:
+        return {}
+
+    selected = checkpoint.best_model_path or checkpoint.last_model_path
+    state = torch.load(selected, map_location=module.device, weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    metrics = evaluate(module, dm, list(cfg.eval.knn_k))
+    metrics.update(
+        method=cfg.method.name,
+        task=cfg.task,
+        target=dm.target,
+        sources=dm.sources,
+        seed=int(cfg.seed),
+        protocol=cfg.split.protocol,
+        split_seed=int(cfg.split.seed),
+        selection=cfg.selection,
+        selected_step=int(state["global_step"]),
+        selected_checkpoint=str(Path(selected).relative_to(run_dir)),
+        steps=int(cfg.steps),
+        steps_done=int(trainer.global_step),
+        backbone=cfg.backbone._target_.rsplit(".", 1)[-1],
+        wall_time_s=round(time.time() - started, 2),
+        resumed=resumed,
+    )
+    log_to_tensorboard(trainer, module, dm, metrics, cfg)
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    return (
+        f"{m['method']} {m['task']} target={m['target']} seed={m['seed']}: target test acc {100 * m['target_test_acc']:.2f}% "
+        f"(balanced {100 * m['target_test_balanced_acc']:.2f}%, source val {100 * m['source_val_acc']:.2f}%, "
+        f"step {m['selected_step']}, {m['wall_time_s']:.0f}s)"
+    )
+
+

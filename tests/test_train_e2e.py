@@ -1,0 +1,77 @@
+"""End to end through `train.py` with Hydra overrides, on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {
+    "method", "task", "target", "sources", "seed", "protocol", "selection", "selected_step",
+    "target_test_acc", "target_test_balanced_acc", "target_test_macro_f1",
+    "knn1_features_acc", "knn5_features_acc", "knn1_embeddings_acc", "knn5_embeddings_acc",
+    "source_val_acc", "wall_time_s", "steps_done",
+}  # fmt: skip
+
+
+def tiny_overrides(data_dir: Path) -> list[str]:
+    """Shrink data, network and schedule so a run takes seconds."""
+    return [
+        f"paths.data={data_dir}",
+        "data.synthetic.patients_per_type=3",
+        "data.synthetic.images_per_magnification=2",
+        "data.synthetic.size=[64,42]",
+        "data.batch_size_per_domain=6",
+        "backbone.width=8",
+        "backbone.feature_dim=16",
+        "backbone.cache_size=36",
+        "backbone.input_size=32",
+        "steps=4",
+        "val_every=2",
+        "progress=false",
+    ]
+
+
+def run_train(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASF_DATA": "/nonexistent-do-not-use"}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_py_multirun_both_methods_both_tasks(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_train(
+        [*tiny_overrides(tmp_path / "data"), "-m", "method=masf,deepall", "task=tumor_type,malignancy", f"hydra.sweep.dir={sweep}"]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = sorted(sweep.rglob("metrics.json"))
+    assert len(found) == 4, (found, proc.stdout[-2000:])
+    seen = set()
+    for path in found:
+        m = json.loads(path.read_text())
+        assert METRIC_KEYS <= set(m), METRIC_KEYS - set(m)
+        assert m["steps_done"] == 4, "steps must count meta-iterations, not optimizer steps"
+        assert m["target"] == "400x" and m["sources"] == ["40x", "100x", "200x"]
+        assert 0.0 <= m["target_test_acc"] <= 1.0
+        assert (path.parent / "split_manifest.csv").is_file()
+        assert (path.parent / "checkpoints" / "last.ckpt").is_file()
+        assert list((path.parent / "tb").rglob("events.out.tfevents.*")), "TensorBoard events missing"
+        seen.add((m["method"], m["task"]))
+        if m["method"] == "deepall":
+            assert m["knn1_embeddings_acc"] is None  # DeepAll trains no metric embedder
+        else:
+            assert m["knn1_embeddings_acc"] is not None
+    assert seen == {(a, b) for a in ("masf", "deepall") for b in ("tumor_type", "malignancy")}
+    assert proc.stdout.count("target test acc") == 4
+
+
+def test_train_py_run_dir_override_and_target(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_train([*tiny_overrides(tmp_path / "data"), "target=40x", "method=deepall", f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["target"] == "40x" and m["sources"] == ["100x", "200x", "400x"]
+    assert f"metrics: {run_dir / 'metrics.json'}" in proc.stdout
