@@ -44,7 +44,7 @@ def build_module(cfg: DictConfig, num_classes: int) -> DGModule:
     backbone_cfg = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in ("cache_size", "input_size", "geometry")}
     method_cfg = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     # partial: the Backbone object must reach the module as is, not be turned into a config node
-    return instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes)
+    return instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes, seed=int(cfg.seed))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from masf_lightning.data.datamodule import step_seed
 from masf_lightning.errors import TrainingError
 from masf_lightning.models import Backbone, make_classifier, make_embedder
 
@@ -27,8 +28,10 @@ class DGModule(pl.LightningModule):
         lr: float = 1e-5,
         weight_decay: float = 0.0,
         embedder: dict[str, int] | None = None,
+        seed: int = 0,
     ):
         super().__init__()
+        self.seed = seed
         self.featurizer = backbone.featurizer
         self.classifier = make_classifier(backbone.feature_dim, num_classes)
         self.embedder = make_embedder(backbone.feature_dim, **embedder) if embedder is not None else None
@@ -39,6 +42,11 @@ class DGModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.featurizer(x))
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # Dropout (and any torch randomness) of step k depends only on (seed, k): a run resumed from
+        # last.ckpt repeats exactly what the uninterrupted run would have drawn.
+        torch.manual_seed(step_seed(self.seed, int(batch["step"]), "module"))
 
     # -- numerical guard -----------------------------------------------------------------------
     def check_finite(self, losses: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:

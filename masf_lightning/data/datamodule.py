@@ -29,10 +29,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def step_generator(seed: int, step: int, salt: str = "") -> torch.Generator:
-    """A CPU generator seeded from (seed, step, salt): randomness that is reproducible per step."""
+def step_seed(seed: int, step: int, salt: str = "") -> int:
+    """A 63-bit seed from (seed, step, salt): the randomness of step k never depends on steps before it."""
     digest = hashlib.blake2b(f"{seed}/{step}/{salt}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def step_generator(seed: int, step: int, salt: str = "") -> torch.Generator:
+    return torch.Generator().manual_seed(step_seed(seed, step, salt))
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""A killed run resumes to the same numbers, a repeated run gives the same numbers, a NaN stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train_e2e import ROOT, run_train, tiny_overrides
+
+VOLATILE = {"wall_time_s", "resumed"}
+
+
+def numbers(run_dir: Path) -> dict:
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in m.items() if k not in VOLATILE}
+
+
+def overrides(tmp_path: Path, run_dir: Path) -> list[str]:
+    return [*tiny_overrides(tmp_path / "data"), "steps=24", "val_every=4", f"hydra.run.dir={run_dir}"]
+
+
+def test_same_config_same_numbers_and_kill_resume(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_train(overrides(tmp_path, a)).returncode == 0
+    assert run_train(overrides(tmp_path, b)).returncode == 0
+    assert numbers(a) == numbers(b), "same config and seed must give identical metrics on CPU"
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides(tmp_path, killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+            if 0 < step < 24:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    assert not (killed / "metrics.json").exists()
+
+    resumed = run_train(overrides(tmp_path, killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((killed / "metrics.json").read_text())["resumed"] is True
+    assert numbers(killed) == numbers(a), "a resumed run must end with the uninterrupted run's numbers"
+
+    again = run_train(overrides(tmp_path, killed))  # finished: skipped, nothing rewritten
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_run_dir_of_another_config_is_refused(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert run_train(overrides(tmp_path, run_dir)).returncode == 0
+    before = (run_dir / "metrics.json").read_bytes()
+    proc = run_train([*overrides(tmp_path, run_dir), "seed=1"])
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "seed=0" in lines[0] and "hydra.run.dir" in lines[0], proc.stderr
+    assert (run_dir / "metrics.json").read_bytes() == before
+
+
+def test_nan_loss_stops_with_step_term_and_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from masf_lightning.algorithms.masf import MASF
+    from masf_lightning.errors import TrainingError
+
+    original = MASF.meta_objective
+
+    def poisoned(self, batches, meta_train, meta_test):
+        out = original(self, batches, meta_train, meta_test)
+        if self.global_step == 5:
+            out["gen"] = out["gen"] * float("nan")
+            out["total"] = out["total"] + out["gen"]
+        return out
+
+    monkeypatch.setattr(MASF, "meta_objective", poisoned)
+    run_dir = tmp_path / "nan"
+    cfg = compose_config([*overrides(tmp_path, run_dir)])
+    from masf_lightning.pipeline import run
+
+    with pytest.raises(TrainingError) as err:
+        run(cfg, run_dir)
+    msg = str(err.value)
+    assert "step 5" in msg and "gen=nan" in msg and "meta-test" in msg
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4, "the last good checkpoint must be kept, nothing saved after the fault"
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert not (run_dir / "metrics.json").exists()
+
+
+def compose_config(args: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[a for a in args if not a.startswith("hydra.")], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
