@@ -40,6 +40,21 @@ def _flags_first(argv: list[str]) -> list[str]:
     return [argv[0], *flags, *(a for a in argv[1:] if a not in flags)]
 
 
+def _check_output_overrides(argv: list[str]) -> None:
+    """Hydra creates its output folder before our code runs; check explicit ones first, for a one-line error."""
+    from masf_lightning.io import check_writable_dir
+
+    for arg in argv[1:]:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            try:
+                check_writable_dir(value, key)
+            except MasfError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(exc.exit_code)
+
+
 if __name__ == "__main__":
     sys.argv = _flags_first(sys.argv)
+    _check_output_overrides(sys.argv)
     main()

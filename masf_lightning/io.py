@@ -35,3 +35,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def check_writable_dir(path: str | os.PathLike[str], key: str) -> None:
+    """Fail early, with the config key named, when `path` cannot become a writable folder."""
+    from masf_lightning.errors import ConfigError
+
+    p = Path(path).absolute()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={path} cannot be created: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path} is not writable ({probe} denies writing); choose another {key}")

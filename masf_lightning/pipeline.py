@@ -9,14 +9,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
 from masf_lightning.data.datamodule import BreakhisDataModule
-from masf_lightning.errors import ConfigError
+from masf_lightning.errors import ConfigError, MasfError
 from masf_lightning.eval.embeddings import collect
 from masf_lightning.eval.metrics import classification_metrics, knn_accuracy
 from masf_lightning.eval.plots import confusion_figure
@@ -24,6 +25,19 @@ from masf_lightning.io import write_json_atomic
 
 SELECTIONS = {"source_val": "val/source_acc", "target_val": "val/target_acc", "last": None}
 METRICS_FILE = "metrics.json"
+
+
+def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but a user error raised inside a constructor reaches the user as itself."""
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, MasfError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModule:
@@ -47,6 +61,15 @@ def build_module(cfg: DictConfig, num_classes: int) -> DGModule:
     return instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes, seed=int(cfg.seed))
 
 
+class TrainProgressBar(TQDMProgressBar):
+    """One bar for training; validation runs every few steps and gets no bars of its own."""
+
+    def init_validation_tqdm(self):  # noqa: ANN201 - Lightning's signature
+        bar = super().init_validation_tqdm()
+        bar.disable = True
+        return bar
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
     monitor = SELECTIONS.get(cfg.selection, "?")
     if monitor == "?":
@@ -63,7 +86,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
     )
     callbacks: list[pl.Callback] = [checkpoint]
     if cfg.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(TrainProgressBar(refresh_rate=10))
     if cfg.early_stopping_patience is not None and monitor is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(cfg.early_stopping_patience)))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)

@@ -18,13 +18,12 @@ METRIC_KEYS = {
 }  # fmt: skip
 
 
-def tiny_overrides(data_dir: Path) -> list[str]:
+def tiny_overrides(data_dir: Path, synthetic: bool = True) -> list[str]:
     """Shrink data, network and schedule so a run takes seconds."""
+    data = ["data.synthetic.patients_per_type=3", "data.synthetic.images_per_magnification=2", "data.synthetic.size=[64,42]"]
     return [
         f"paths.data={data_dir}",
-        "data.synthetic.patients_per_type=3",
-        "data.synthetic.images_per_magnification=2",
-        "data.synthetic.size=[64,42]",
+        *(data if synthetic else []),
         "data.batch_size_per_domain=6",
         "backbone.width=8",
         "backbone.feature_dim=16",
@@ -36,8 +35,8 @@ def tiny_overrides(data_dir: Path) -> list[str]:
     ]
 
 
-def run_train(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASF_DATA": "/nonexistent-do-not-use"}
+def run_train(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASF_DATA": "/nonexistent-do-not-use", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -1,0 +1,299 @@
+"""Fig. 2 of the paper for one finished run: 2-D map of the test images of all four magnifications.
+
+    python experiments/plot_embeddings.py RUN_DIR [--out PREFIX] [--method tsne|umap] [--max-per-domain N] [KEY=VALUE ...]
+
+Rebuilds the run's datamodule and model from its resolved config with the pipeline's own builders
+(the image cache is reused, nothing is retrained), loads the checkpoint the run selected, embeds the
+test images of every magnification (F_φ embeddings for MASF, F_ψ features for DeepAll) and draws
+(a) classes (tumour type or malignancy, as the run's task) and (b) magnifications, with the unseen
+target magnification's points drawn as black-edged stars. Writes PREFIX.png, PREFIX.pdf and PREFIX.csv
+(the 2-D points; default PREFIX = RUN_DIR/fig2_embedding) and the same vectors to TensorBoard's
+projector under RUN_DIR/tb/fig2_embedding. Trailing KEY=VALUE overrides (e.g. data.root=/new/place)
+patch the loaded config when the data has moved since training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from masf_lightning.data.breakhis import MAGNIFICATIONS, SUBTYPE_FOLDERS, domain_name  # noqa: E402
+from masf_lightning.data.splits import read_split_manifest  # noqa: E402
+from masf_lightning.errors import ConfigError, DataError, MasfError  # noqa: E402
+from masf_lightning.eval.embeddings import collect  # noqa: E402
+from masf_lightning.io import atomic_path  # noqa: E402
+from masf_lightning.pipeline import METRICS_FILE, RUN_CONFIG_FILE, build_datamodule, build_module  # noqa: E402
+
+# The same columns the pipeline's training-time projector uses, so both read alike in TensorBoard.
+PROJECTOR_HEADER = ["type", "malignancy", "magnification", "split", "role"]
+PROJECTOR_DIR = "fig2_embedding"  # own TensorBoard run: rewriting tb/projector_config.pbtxt would hide the training one
+MAG_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")
+CLASS_COLOURS = {"benign": "#2166ac", "malignant": "#b2182b"}
+
+
+# -- the run ------------------------------------------------------------------------------------
+def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config the run trained with, resolved.
+
+    run_config.json is preferred: the pipeline resolved it at training time, so paths and
+    environment variables are those of the run, not of today's shell. .hydra/config.yaml is
+    the fallback; its `${hydra:...}` interpolations are resolved against .hydra/hydra.yaml.
+    """
+    path = run_dir / RUN_CONFIG_FILE
+    if path.is_file():
+        cfg = OmegaConf.create(json.loads(path.read_text()))
+    elif (run_dir / ".hydra" / "config.yaml").is_file():
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+        hydra_cfg = OmegaConf.load(hydra_yaml).hydra if hydra_yaml.is_file() else OmegaConf.create({})
+        OmegaConf.register_new_resolver("hydra", lambda key: OmegaConf.select(hydra_cfg, key), replace=True)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    else:
+        raise ConfigError(f"{run_dir} holds neither {RUN_CONFIG_FILE} nor .hydra/config.yaml: is it a run folder?")
+    cfg.progress = False  # run_config.json leaves out `progress`; bars would only clutter a plotting script
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return cfg
+
+
+def selected_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint the run evaluated (metrics.json `selected_checkpoint`), else checkpoints/last.ckpt."""
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file():
+        rel = json.loads(metrics.read_text()).get("selected_checkpoint")
+        if rel and (run_dir / rel).is_file():
+            return run_dir / rel
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    raise DataError(f"{run_dir} has no selected checkpoint and no checkpoints/last.ckpt: train it first")
+
+
+def check_split(dm: object, run_dir: Path) -> None:
+    """Refuse to plot a split that is not the one the run trained and tested on.
+
+    Changed data or split code would put training images among the "test" points without any sign.
+    """
+    manifest = run_dir / "split_manifest.csv"
+    if not manifest.is_file():
+        return
+    saved = read_split_manifest(manifest)
+    saved = saved[saved["split"] != "unused"]
+    now = dm.index  # type: ignore[attr-defined]
+    if set(zip(saved["path"], saved["split"], strict=True)) != set(zip(now["path"], now["split"], strict=True)):
+        raise DataError(
+            f"the split rebuilt from {dm.root} differs from {manifest}: the data or split settings changed since "  # type: ignore[attr-defined]
+            "training; point data.root=... at the run's data"
+        )
+
+
+# -- embedding ----------------------------------------------------------------------------------
+@dataclass
+class Embedded:
+    """Test images of all magnifications: one vector per image plus what the plots colour by."""
+
+    vectors: np.ndarray
+    space: str  # "F_φ embeddings" | "F_ψ features"
+    labels: np.ndarray  # class id in the run's task
+    domains: list[str]
+    meta: pd.DataFrame  # rows of the datamodule index: path, tumor_type, malignancy, magnification, split
+    target: str
+
+    @property
+    def is_target(self) -> np.ndarray:
+        return np.array([d == self.target for d in self.domains])
+
+
+def embed_test_sets(module: torch.nn.Module, dm: object, max_per_domain: int | None, device: torch.device) -> Embedded:
+    """Embed every magnification's test split, at most `max_per_domain` images each (a fixed random subset)."""
+    vectors, labels, rows, domains = [], [], [], []
+    space = "F_ψ features"
+    for d in sorted(dm.val_names, key=lambda s: int(s[:-1])):  # type: ignore[attr-defined]
+        res = collect(module, dm, d, "test", device)
+        if len(res["labels"]) == 0:
+            continue
+        has_embedder = len(res["embeddings"]) > 0
+        space = "F_φ embeddings" if has_embedder else "F_ψ features"
+        x = res["embeddings"] if has_embedder else res["features"]
+        keep = torch.arange(len(x))
+        if max_per_domain and len(x) > max_per_domain:
+            # the same subset on every call: figures of two runs with the same split are comparable
+            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:max_per_domain].sort().values
+        vectors.append(x[keep])
+        labels.append(res["labels"][keep])
+        rows.append(res["rows"][keep])
+        domains += [d] * len(keep)
+    if not vectors:
+        raise DataError("no test images at any magnification: nothing to plot")
+    meta = dm.index.iloc[torch.cat(rows).numpy()].reset_index(drop=True)  # type: ignore[attr-defined]
+    target = dm.target  # type: ignore[attr-defined]
+    return Embedded(torch.cat(vectors).numpy().astype(np.float64), space, torch.cat(labels).numpy(), domains, meta, target)
+
+
+def project(x: np.ndarray, method: str) -> tuple[np.ndarray, str]:
+    """2-D map; returns the points and the name of what made them (t-SNE, UMAP, or PCA for tiny sets)."""
+    n = len(x)
+    if n < 10:  # t-SNE's perplexity needs more neighbours than this; PCA at least shows something
+        from sklearn.decomposition import PCA
+
+        pts = PCA(n_components=min(2, n, x.shape[1]), random_state=0).fit_transform(x)
+        return np.pad(pts, ((0, 0), (0, 2 - pts.shape[1]))), "PCA"
+    if method == "umap":
+        try:
+            import umap  # optional: `pip install umap-learn`
+        except ImportError:
+            print("umap-learn is not installed; using t-SNE", file=sys.stderr)
+        else:
+            return umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=0).fit_transform(x), "UMAP"
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=0).fit_transform(x), "t-SNE"
+
+
+# -- the figure ---------------------------------------------------------------------------------
+def _class_label(name: str) -> str:
+    return f"{name}: {SUBTYPE_FOLDERS[name].replace('_', ' ')}" if name in SUBTYPE_FOLDERS else name
+
+
+def figure(points: np.ndarray, emb: Embedded, class_names: Sequence[str], title: str) -> plt.Figure:
+    """(a) coloured by class, (b) by magnification; the target magnification as black-edged stars in both."""
+    is_target = emb.is_target
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
+    cmap = plt.get_cmap("tab10")
+    class_colours = [CLASS_COLOURS.get(c, cmap(i % 10)) for i, c in enumerate(class_names)]
+    domains = [domain_name(m) for m in MAGNIFICATIONS]
+
+    def scatter(ax: plt.Axes, colour_of: np.ndarray, colours: Sequence[object]) -> None:
+        # sources first, then the target on top so the unseen magnification is never hidden
+        for tgt in (False, True):
+            sel = is_target == tgt
+            for k, colour in enumerate(colours):
+                s = sel & (colour_of == k)
+                if s.any():
+                    ax.scatter(
+                        points[s, 0], points[s, 1], c=[colour], s=46 if tgt else 14, marker="*" if tgt else "o",
+                        edgecolors="black" if tgt else "none", linewidths=0.5, alpha=0.95 if tgt else 0.7,
+                    )  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    def handle(colour: object, label: str, tgt: bool = False) -> Line2D:
+        return Line2D([], [], ls="", marker="*" if tgt else "o", markersize=10 if tgt else 6, markerfacecolor=colour,
+                      markeredgecolor="black" if tgt else colour, label=label)  # fmt: skip
+
+    present = sorted(set(emb.labels.tolist()))
+    scatter(axes[0], emb.labels, class_colours)
+    axes[0].set_title("(a) " + ("tumour type" if len(class_names) > 2 else "malignancy"), fontsize=10)
+    hs = [handle(class_colours[k], _class_label(class_names[k])) for k in present]
+    hs.append(handle("white", f"{emb.target.replace('x', '×')} (target)", tgt=True))
+    axes[0].legend(handles=hs, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+
+    mag_of = np.array([domains.index(d) for d in emb.domains])
+    scatter(axes[1], mag_of, MAG_COLOURS)
+    axes[1].set_title("(b) magnification", fontsize=10)
+    hs = [handle(MAG_COLOURS[k], d.replace("x", "×") + (" (target)" if d == emb.target else ""), tgt=d == emb.target)
+          for k, d in enumerate(domains) if d in emb.domains]  # fmt: skip
+    axes[1].legend(handles=hs, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def log_projector(run_dir: Path, emb: Embedded, step: int) -> Path:
+    """The same vectors in TensorBoard's projector, with the pipeline's metadata columns.
+
+    pipeline.log_to_tensorboard needs a Trainer and also logs figures and hparams, so it cannot be
+    reused here; this writes its own TensorBoard run beside the training one.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    log_dir = run_dir / "tb" / PROJECTOR_DIR
+    # the folder is this script's alone: start clean so a re-plot leaves no stale tensors or event files
+    shutil.rmtree(log_dir, ignore_errors=True)
+    roles = np.where(emb.is_target, "target", "source")
+    meta = [[r.tumor_type, r.malignancy, f"{r.magnification}x", r.split, role] for r, role in zip(emb.meta.itertuples(), roles, strict=True)]
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        writer.add_embedding(torch.from_numpy(emb.vectors).float(), metadata=meta, metadata_header=PROJECTOR_HEADER,
+                             tag="test_all_magnifications", global_step=step)  # fmt: skip
+    return log_dir
+
+
+# -- entry point --------------------------------------------------------------------------------
+def plot_run(run_dir: Path, out: Path | None = None, method: str = "tsne", max_per_domain: int | None = 1000,
+             overrides: Sequence[str] = (), device: str | None = None) -> dict[str, Path]:  # fmt: skip
+    """Everything main() does, callable from Python; returns the written artefacts."""
+    cfg = load_run_config(run_dir, overrides)
+    ckpt = selected_checkpoint(run_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dm = build_datamodule(cfg, None)  # no output dir: the run's split_manifest.csv is read, never rewritten
+    dm.prepare_data()  # regenerates synthetic data if it was deleted; reuses the cache otherwise
+    dm.setup("test")
+    check_split(dm, run_dir)
+    module = build_module(cfg, dm.num_classes)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module.load_state_dict(state["state_dict"])
+    module.to(dev)
+    emb = embed_test_sets(module, dm, max_per_domain, dev)
+    points, made_by = project(emb.vectors, method)
+
+    name = cfg.method.name if "name" in cfg.method else "?"
+    title = (
+        f"{name} · {cfg.task} · target {dm.target.replace('x', '×')} unseen in training\n"
+        f"test images of all magnifications (n={len(points)}) · {made_by} of {emb.space} · checkpoint step {state.get('global_step', '?')}"
+    )
+    fig = figure(points, emb, dm.class_names, title)
+    prefix = out or run_dir / "fig2_embedding"
+    paths = {"png": prefix.with_name(prefix.name + ".png"), "pdf": prefix.with_name(prefix.name + ".pdf"),
+             "csv": prefix.with_name(prefix.name + ".csv")}  # fmt: skip
+    for fmt in ("png", "pdf"):
+        with atomic_path(paths[fmt]) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=200 if fmt == "png" else None, bbox_inches="tight")
+    plt.close(fig)
+    table = emb.meta.loc[:, ["path", "tumor_type", "malignancy", "magnification", "split"]].assign(
+        x=points[:, 0], y=points[:, 1], role=np.where(emb.is_target, "target", "source")
+    )
+    with atomic_path(paths["csv"]) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    paths["tensorboard"] = log_projector(run_dir, emb, int(state.get("global_step", 0)))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (holds run_config.json and checkpoints/)")
+    parser.add_argument("--out", type=Path, metavar="PREFIX", help="write PREFIX.png/.pdf/.csv (default RUN_DIR/fig2_embedding)")
+    parser.add_argument("--method", choices=("tsne", "umap"), default="tsne", help="2-D map; umap needs umap-learn")
+    parser.add_argument("--max-per-domain", type=int, default=1000, metavar="N", help="at most N test images per magnification (0 = all)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="patch the run's config, e.g. data.root=/new/place")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+    try:
+        paths = plot_run(args.run_dir, args.out, args.method, args.max_per_domain or None, args.overrides, args.device)
+    except MasfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"figure: {paths['png']}")
+    print(f"figure: {paths['pdf']}")
+    print(f"points: {paths['csv']}")
+    print(f"projector: {paths['tensorboard']}  (tensorboard --logdir {args.run_dir / 'tb'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

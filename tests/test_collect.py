@@ -1,0 +1,176 @@
+"""experiments/collect.py: golden tables from hand-written run folders, and the statistics they rest on.
+
+The fixture tree `tests/fixtures/runs/` holds a tumour-type table under the paper's protocol (MASF,
+DeepAll and both ablations at 40x and 400x, three seeds where complete) with one run that never wrote
+metrics.json (masf 400x seed 2), one NaN accuracy (deepall 400x seed 2) and one resumed run (deepall
+40x seed 1), plus a one-seed malignancy table under the patient protocol.
+Regenerate the goldens after an intended format change: UPDATE_GOLDEN=1 pytest tests/test_collect.py
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import collect  # noqa: E402
+
+FIXTURES = Path("tests/fixtures/runs")  # relative to ROOT: run paths in the goldens are shown as given
+GOLDEN_MD = ROOT / FIXTURES / "expected.md"
+GOLDEN_CSV = ROOT / FIXTURES / "expected.csv"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def _check_golden(path: Path, text: str) -> None:
+    if UPDATE:
+        path.write_text(text)
+    assert text == path.read_text(), f"{path.name} changed; rerun with UPDATE_GOLDEN=1 if intended"
+
+
+def _collect(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, Path]:
+    monkeypatch.chdir(ROOT)
+    prefix = tmp_path / "out" / "table"
+    rc = collect.main([str(FIXTURES), "--out", str(prefix), "--expect-seeds", "3"])
+    return rc, capsys.readouterr().out, prefix
+
+
+def test_golden_markdown_and_csv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, prefix = _collect(monkeypatch, tmp_path, capsys)
+    assert rc == 0
+    md = prefix.with_suffix(".md").read_text()
+    _check_golden(GOLDEN_MD, md)
+    _check_golden(GOLDEN_CSV, prefix.with_suffix(".csv").read_text())
+    assert out.startswith(md), "stdout must show the same tables that --out writes"
+    assert prefix.with_suffix(".tex").read_text().count(r"\begin{tabular}") == 2
+
+
+def test_golden_content_by_hand(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The numbers in the golden, recomputed by hand, so a wrong golden cannot pass silently."""
+    _, out, prefix = _collect(monkeypatch, tmp_path, capsys)
+    # 40x: MASF 45, 44, 46 → 45.00 ± 1.00; DeepAll 40, 41, 39 → 40.00 ± 1.00;
+    # paired 5, 3, 7 → mean 5, sd 2, half-width t(0.975, 2)·2/√3 = 4.3027·1.1547 = 4.968
+    row40 = next(line for line in out.splitlines() if line.startswith("| 100×, 200×, 400× | 40× |"))
+    cells = [c.strip() for c in row40.strip("|").split("|")]
+    assert cells[2:] == [
+        "45.00 ± 1.00 (n=3)", "40.00 ± 1.00 (n=3)", "42.50 ± 0.71 (n=2)", "–",
+        "+5.00 [+0.03, +9.97] (n=3)", "44.37 ± 0.11", "+0.63", "40.39 ± 0.46", "-0.39",
+    ]  # fmt: skip
+    # 400x: MASF seed 2 missing, DeepAll seed 2 NaN: both out of the mean, pairs over seeds 0 and 1 only
+    row400 = next(line for line in out.splitlines() if line.startswith("| 40×, 100×, 200× | 400× |"))
+    assert "49.00 ± 1.41 (n=2)" in row400 and "46.50 ± 0.71 (n=2)" in row400 and "47.00 ± – (n=1)" in row400
+    assert "+2.50 [-16.56, +21.56] (n=2)" in row400  # diffs 1, 4: sd 2.1213, t(0.975, 1) = 12.7062
+    assert "- masf 400x seed 2: tests/fixtures/runs/paper/tumor_type/masf/400x/seed2" in out
+    assert "- deepall 400x seed 2: tests/fixtures/runs/paper/tumor_type/deepall/400x/seed2" in out
+    assert "- deepall 40x seed 1: tests/fixtures/runs/paper/tumor_type/deepall/40x/seed1" in out
+    assert "(ddof=1)" in out
+    # the patient-protocol table has no paper columns, and n=1 has no spread
+    assert "| 40×, 100×, 200× | 400× | 80.00 ± – (n=1) | 75.00 ± – (n=1) | +5.00 [–] (n=1) |" in out
+
+    table = list(csv.DictReader(io.StringIO(prefix.with_suffix(".csv").read_text())))
+    by = {(r["task"], r["target"], r["column"]): r for r in table}
+    r = by[("tumor_type", "40x", "masf-deepall")]
+    assert (r["n"], r["mean"], r["std"], r["ci_low"], r["ci_high"], r["seeds"]) == ("3", "5.0000", "2.0000", "0.0317", "9.9683", "0 1 2")
+    r = by[("tumor_type", "400x", "deepall")]
+    assert (r["n"], r["mean"], r["paper_mean"], r["delta"], r["seeds"]) == ("2", "46.5000", "47.2100", "-0.7100", "0 1")
+    assert by[("malignancy", "400x", "masf")]["std"] == ""
+
+
+def test_expect_seeds_lists_short_cells(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _collect(monkeypatch, tmp_path, capsys)
+    few = out.split("Cells with fewer seeds than expected:")[1].split("###")[0]
+    assert "- masf 400x: 2/3 seeds" in few and "- deepall 400x: 2/3 seeds" in few
+    assert "masf 40x" not in few.replace("masf_no_gen 40x", "")  # 40x MASF is complete
+    assert "masf_no_tri 40x" not in few  # an ablation never tried at 40x is not "short"
+
+
+def test_sample_std_known_numbers() -> None:
+    assert collect.mean_std([45.0, 44.0, 46.0]) == (45.0, 1.0)
+    mean, std = collect.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and std == pytest.approx(math.sqrt(5 / 3))  # Σ(x−x̄)² = 5, / (n−1) = 3; ddof=0 would give √1.25
+    assert collect.mean_std([7.0]) == (7.0, None)
+    assert collect.fmt_cell(collect.Cell({0: 7.0})) == "7.00 ± – (n=1)"
+    assert collect.fmt_cell(collect.Cell()) == "–"
+
+
+def test_paired_interval_known_numbers() -> None:
+    mean, low, high = collect.t_interval([5.0, 3.0, 7.0])
+    half = 4.302652730 * 2.0 / math.sqrt(3)
+    assert (mean, low, high) == pytest.approx((5.0, 5.0 - half, 5.0 + half))
+    assert collect.t_interval([1.0]) is None
+    assert collect.fmt_paired([1.0]) == "+1.00 [–] (n=1)"
+    assert collect.fmt_paired([]) == "–"
+    assert collect.fmt_paired([-1.0, -3.0]) == "-2.00 [-14.71, +10.71] (n=2)"  # sd √2, 12.7062·√2/√2
+
+
+def _student_cdf(t: float, df: int, n: int = 4000) -> float:
+    """P(T ≤ t) for t ≥ 0 by Simpson's rule on the density (independent of the table it checks)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def f(x: float) -> float:
+        return c * (1 + x * x / df) ** (-(df + 1) / 2)
+
+    h = t / n
+    s = f(0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n))
+    return 0.5 + s * h / 3
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 29, 30, 31, 45, 120])
+def test_t_quantiles_match_the_distribution(df: int) -> None:
+    assert _student_cdf(collect.t_quantile_975(df), df) == pytest.approx(0.975, abs=2e-6)
+
+
+def test_no_metrics_exits_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "only_config").mkdir()
+    (tmp_path / "only_config" / "run_config.json").write_text("{}")
+    assert collect.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no metrics.json" in err
+    assert collect.main([str(tmp_path / "does-not-exist")]) == 1
+
+
+def test_duplicate_and_unreadable_runs_are_listed_not_averaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = ROOT / FIXTURES / "patient" / "malignancy"
+    shutil.copytree(src, tmp_path / "a")
+    shutil.copytree(src / "masf", tmp_path / "b" / "masf")  # the same seed again, from another sweep
+    bad = tmp_path / "c" / "deepall" / "400x" / "seed1"
+    bad.mkdir(parents=True)
+    shutil.copy(src / "deepall" / "400x" / "seed0" / "run_config.json", bad)
+    (bad / "metrics.json").write_text('{"truncated": ')
+    assert collect.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "80.00 ± – (n=1)" in out  # not counted twice
+    assert f"- masf 400x seed 0: {tmp_path}/b/masf/400x/seed0" in out.split("Duplicate seed")[1]
+    assert f"- deepall 400x seed 0: {bad}" in out.split("Unreadable metrics.json")[1]
+
+
+def test_nan_written_by_json_is_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "r"
+    shutil.copytree(ROOT / FIXTURES / "patient" / "malignancy" / "masf" / "400x" / "seed0", run)
+    m = json.loads((run / "metrics.json").read_text())
+    m["target_test_acc"] = None
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert collect.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 40×, 100×, 200× | 400× | – | – |" in out
+    assert f"- masf 400x seed 0: {run}" in out.split("Failed (NaN")[1]
+
+
+def test_script_runs_from_the_command_line(tmp_path: Path) -> None:
+    """As `make` calls it: a plain script path, no PYTHONPATH tricks."""
+    script = str(ROOT / "experiments" / "collect.py")
+    proc = subprocess.run([sys.executable, script, str(FIXTURES), "--expect-seeds", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == GOLDEN_MD.read_text()
+    proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("collect: no metrics.json")

@@ -1,0 +1,100 @@
+"""experiments/plot_embeddings.py on a real (tiny) run: Fig. 2 from the run's own config and checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_train_e2e import run_train, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import collect  # noqa: E402
+import plot_embeddings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def masf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny MASF run on the malignancy task (so panel (a) is benign vs malignant), target 200x."""
+    tmp = tmp_path_factory.mktemp("plot")
+    run_dir = tmp / "run"
+    proc = run_train([*tiny_overrides(tmp / "data"), "task=malignancy", "target=200x", f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_plot_writes_png_pdf_and_projector(masf_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prefix = tmp_path / "fig" / "fig2"
+    assert plot_embeddings.main([str(masf_run), "--out", str(prefix)]) == 0
+    out = capsys.readouterr().out
+    for ext in ("png", "pdf", "csv"):
+        path = prefix.with_name(f"fig2.{ext}")
+        assert path.is_file() and path.stat().st_size > (1000 if ext != "csv" else 0), path
+        assert str(path) in out
+    assert prefix.with_name("fig2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert prefix.with_name("fig2.pdf").read_bytes()[:5] == b"%PDF-"
+
+    # every magnification's test images, the target's marked, the model's own embedder space
+    import pandas as pd
+
+    points = pd.read_csv(prefix.with_name("fig2.csv"))
+    assert sorted(points["magnification"].unique()) == [40, 100, 200, 400]
+    assert set(points["split"]) == {"test"}
+    assert set(points.loc[points["role"] == "target", "magnification"]) == {200}
+    assert points[["x", "y"]].notna().all().all()
+
+    tb = masf_run / "tb" / "fig2_embedding"
+    assert "test_all_magnifications" in (tb / "projector_config.pbtxt").read_text()
+    meta = next(tb.rglob("metadata.tsv")).read_text().splitlines()
+    assert meta[0].split("\t") == ["type", "malignancy", "magnification", "split", "role"]
+    assert len(meta) - 1 == len(points)
+    # the training run's own projector is left as it was
+    assert "target_test+source_val" in (masf_run / "tb" / "projector_config.pbtxt").read_text()
+
+
+def test_falls_back_to_last_checkpoint(masf_run: Path, tmp_path: Path) -> None:
+    metrics = json.loads((masf_run / "metrics.json").read_text())
+    assert plot_embeddings.selected_checkpoint(masf_run) == masf_run / metrics["selected_checkpoint"]
+    fake = tmp_path / "run"
+    (fake / "checkpoints").mkdir(parents=True)
+    (fake / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert plot_embeddings.selected_checkpoint(fake) == fake / "checkpoints" / "last.ckpt"
+
+
+def test_not_a_run_folder_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert plot_embeddings.main([str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_collect_reads_the_real_run(masf_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """collect.py against a metrics.json the pipeline wrote, not a hand-written one."""
+    assert collect.main([str(masf_run.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "### task malignancy · protocol patient · selection source_val · backbone small · 4 steps · data synthetic" in out
+    assert "| 40×, 100×, 400× | 200× | " in out and "(n=1)" in out
+
+
+def test_refuses_a_split_that_is_not_the_runs(masf_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another split would put the run's training images among the plotted "test" points."""
+    assert plot_embeddings.main([str(masf_run), "--out", str(masf_run / "never"), "split.seed=1"]) != 0
+    assert "differs from" in capsys.readouterr().err
+    assert not (masf_run / "never.png").exists()
+
+
+def test_config_from_hydra_folder_matches_run_config(masf_run: Path, tmp_path: Path) -> None:
+    """Runs without run_config.json fall back to .hydra/config.yaml, resolved against .hydra/hydra.yaml."""
+    from omegaconf import OmegaConf
+
+    copy = tmp_path / "run"
+    (copy / ".hydra").mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml"):
+        (copy / ".hydra" / name).write_text((masf_run / ".hydra" / name).read_text())
+    from_json = OmegaConf.to_container(plot_embeddings.load_run_config(masf_run))
+    from_yaml = OmegaConf.to_container(plot_embeddings.load_run_config(copy))
+    for key in ("data", "method", "backbone", "split", "task", "target", "seed", "stain"):
+        assert from_yaml[key] == from_json[key], key
