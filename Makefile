@@ -1,34 +1,72 @@
 # masf-lightning — every target a newcomer needs. `make help` lists them.
-PYTHON ?= python3
-VENV   := .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
-# glibc returns >32 MB buffers to the kernel on every free; keep them (see docs/performance.md)
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+BREAKHIS ?=
+SEEDS    ?= 0,1,2
+TARGETS  := 40x,100x,200x,400x
+# glibc returns >32 MB buffers to the kernel on every free and faults them back each step; keep them
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=34359738368
 
-.PHONY: help install train test lint bench tensorboard clean
+.PHONY: help install train test lint bench demo table1 table2 fig2 reproduce tensorboard clean
 
 help:
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,sweep]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (idempotent)
 
-train: install ## run the main job: MASF on the embedded synthetic data, target 400x, CPU
+train: install ## the main job: MASF on the embedded synthetic data, target 400x, CPU (ARGS=... for overrides)
 	$(PY) train.py $(ARGS)
 
-test: install ## run the test suite (offline, CPU)
+test: install ## the test suite (offline, CPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## static checks
 	$(PY) -m ruff check masf_lightning experiments tests train.py
 
+bench: install ## speed benchmark: DeepAll vs MASF steps, data path (results/bench.json)
+	@mkdir -p results
+	$(PY) experiments/bench.py --json results/bench.json
+	@echo "benchmark: results/bench.json"
+
+demo: install ## the reproduction pipeline on the synthetic data: 4 targets x 2 seeds x 2 methods, table + Fig. 2
+	$(PY) train.py -m method=masf,deepall target=$(TARGETS) seed=0,1 steps=300 progress=false hydra.sweep.dir=multirun/demo
+	$(PY) experiments/collect.py multirun/demo --out results/demo_table --expect-seeds 2
+	$(PY) experiments/plot_embeddings.py multirun/demo/tumor_type/masf/400x/seed0 --out results/demo_fig2
+	@echo "demo: results/demo_table.md (.csv, .tex), results/demo_fig2.png (.pdf); runs in multirun/demo/"
+
+define need_breakhis
+	@test -n "$(BREAKHIS)" || { echo "error: pass BREAKHIS=DIR (the folder holding BreaKHis_v1)" >&2; exit 2; }
+endef
+
+table1: install ## Table 1 (8 tumour types): BREAKHIS=DIR, AlexNet + ImageNet, 4 targets x 2 methods x 3 seeds
+	$(need_breakhis)
+	$(PY) train.py -m experiment=paper_tumor_type data.root=$(BREAKHIS) method=masf,deepall target=$(TARGETS) seed=$(SEEDS) progress=false
+	$(PY) experiments/collect.py multirun/paper/tumor_type --out results/table1 --expect-seeds 3
+	@echo "Table 1: results/table1.md (.csv, .tex); runs in multirun/paper/tumor_type/"
+
+table2: install ## Table 2 (benign vs malignant): BREAKHIS=DIR
+	$(need_breakhis)
+	$(PY) train.py -m experiment=paper_malignancy data.root=$(BREAKHIS) method=masf,deepall target=$(TARGETS) seed=$(SEEDS) progress=false
+	$(PY) experiments/collect.py multirun/paper/malignancy --out results/table2 --expect-seeds 3
+	@echo "Table 2: results/table2.md (.csv, .tex); runs in multirun/paper/malignancy/"
+
+fig2: install ## Fig. 2: embedding of the test images, target 400x, malignancy (reuses Table 2's run when present)
+	$(need_breakhis)
+	$(PY) train.py experiment=paper_malignancy data.root=$(BREAKHIS) method=masf target=400x seed=0 progress=false hydra.run.dir=multirun/paper/malignancy/masf/400x/seed0
+	$(PY) experiments/plot_embeddings.py multirun/paper/malignancy/masf/400x/seed0 --out results/fig2
+	@echo "Fig. 2: results/fig2.png (.pdf)"
+
+reproduce: table1 table2 fig2 ## all of the paper's artefacts: BREAKHIS=DIR
+
 tensorboard: install ## watch runs in outputs/ and multirun/
 	$(VENV)/bin/tensorboard --logdir . --reload_multifile true
 
-clean: ## remove caches (never data or runs)
+clean: ## remove tool caches (never data, runs or results)
 	rm -rf .pytest_cache .ruff_cache

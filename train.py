@@ -9,23 +9,45 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from masf_lightning.errors import MasfError
+
+
+def _gpu_count() -> int:
+    from masf_lightning.gpu_pool import visible_gpus
+
+    return max(1, len(visible_gpus()))
+
+
+OmegaConf.register_new_resolver("gpu_count", _gpu_count, replace=True)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from masf_lightning.pipeline import run, summary_line  # after Hydra parsed the CLI: `--help` stays fast
 
+    # Lightning's banner lines (devices, tips) and a torch-internal deprecation add nothing for our users.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = run(cfg, run_dir)
+        if cfg.gpu_pool:
+            from masf_lightning.gpu_pool import gpu_for_this_job
+
+            with gpu_for_this_job(Path(HydraConfig.get().sweep.dir) / ".gpu_locks") as gpu:
+                print(f"{run_dir}: GPU {gpu}")
+                metrics = run(cfg, run_dir)
+        else:
+            metrics = run(cfg, run_dir)
     except MasfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

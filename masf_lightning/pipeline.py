@@ -54,8 +54,12 @@ def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModul
     )
 
 
+# Keys of a backbone config that tell the data pipeline and the optimizer, not the network builder.
+BACKBONE_DATA_KEYS = ("cache_size", "input_size", "geometry", "lr")
+
+
 def build_module(cfg: DictConfig, num_classes: int) -> DGModule:
-    backbone_cfg = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in ("cache_size", "input_size", "geometry")}
+    backbone_cfg = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in BACKBONE_DATA_KEYS}
     method_cfg = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     # partial: the Backbone object must reach the module as is, not be turned into a config node
     return instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes, seed=int(cfg.seed))
@@ -173,7 +177,7 @@ def log_to_tensorboard(trainer: pl.Trainer, module: DGModule, dm: BreakhisDataMo
 
 RUN_CONFIG_FILE = "run_config.json"
 # Keys that may differ between a run and its resumption without changing its result.
-NON_RESULT_KEYS = ("paths", "progress", "trainer")
+NON_RESULT_KEYS = ("paths", "progress", "trainer", "gpu_pool")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -107,7 +107,7 @@ def test_misfiled_or_unparseable_file_is_a_data_error(tiny_breakhis: Path, rel: 
     with pytest.raises(DataError) as err:
         bh.index_breakhis(tiny_breakhis)
     msg = str(err.value)
-    assert rel.name in msg and reason in msg and "on_error='skip'" in msg
+    assert rel.name in msg and reason in msg and "data.on_bad_file=skip" in msg
     assert "\n" not in msg
 
 

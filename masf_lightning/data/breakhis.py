@@ -213,7 +213,7 @@ def index_breakhis(
                     msg = f"{rel}: {exc}"
                     if on_error == "raise":
                         raise DataError(
-                            f"{msg}; rename or remove the file, or index with on_error='skip'"
+                            f"{msg}; rename or remove the file, or skip such files with data.on_bad_file=skip"
                         ) from None
                     problems.append(msg)
                     continue
