@@ -1,7 +1,7 @@
 """Spread sweep jobs over the visible GPUs, one job per GPU at a time.
 
 Parallel sweep workers (Hydra's joblib launcher) each claim a free GPU by taking an exclusive,
-non-blocking `flock` on `<lock_dir>/gpu<k>.lock`, and hold it for the whole run; a worker that finds
+non-blocking `flock` on `<lock_dir>/slot<i>-gpu<k>.lock`, and hold it for the whole run; a worker that finds
 none free waits. The OS drops a lock when its process dies, so a killed job never blocks a GPU.
 """
 
@@ -37,8 +37,8 @@ def claim_gpu(gpus: list[str], lock_dir: str | os.PathLike[str], poll_s: float =
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     while True:
-        for gpu in gpus:
-            fh = open(lock_dir / f"gpu{gpu}.lock", "a+")  # noqa: SIM115 - held until the block ends
+        for slot, gpu in enumerate(gpus):  # a GPU listed twice has two slots: two jobs may share it
+            fh = open(lock_dir / f"slot{slot}-gpu{gpu}.lock", "a+")  # noqa: SIM115 - held until the block ends
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -41,6 +41,11 @@ def test_concurrent_jobs_get_distinct_gpus_and_the_extra_one_waits(tmp_path: Pat
     assert max(len(o) for o in overlap) == 2, "never more jobs at once than GPUs"
 
 
+def test_a_gpu_listed_twice_takes_two_jobs(tmp_path: Path) -> None:
+    with claim_gpu(["0", "0"], tmp_path) as a, claim_gpu(["0", "0"], tmp_path) as b:
+        assert a == b == "0"
+
+
 def test_no_gpu_means_no_claim(tmp_path: Path) -> None:
     with claim_gpu([], tmp_path) as gpu:
         assert gpu is None
