@@ -166,8 +166,9 @@ def preprocess_images(
     """Decode, stain-normalize (statistics of the full image) and crop/resize; uint8 N×3×S×S on CPU.
 
     Each worker thread handles a chunk of CHUNK_SIZE files end to end (decode, then the stain step batched over
-    same-size images). Threads beat DataLoader worker processes here (decode and torch kernels release the GIL,
-    nothing is pickled; measured ~95 vs ≤50 images/s on 2 cores). On CPU torch's intra-op pool is set to one
+    same-size images). Threads, not DataLoader processes: decode and torch kernels release the GIL, so two
+    threads reach ~93 images/s on 2 cores (700×460 → 227², Reinhard) with no process start-up or pickling of
+    decoded images; a 2-process DataLoader measured no faster. On CPU torch's intra-op pool is set to one
     thread for the build, so `num_workers` is the number of cores used: intra-op threads on top of the
     workers oversubscribe the cores, and on a machine shared with other jobs OpenMP's spin-waiting made a
     one-worker build with two intra-op threads ~20× slower.
