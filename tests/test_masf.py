@@ -50,7 +50,7 @@ def naive_losses(model: MASF, b, first_order: bool) -> tuple[torch.Tensor, torch
     g = torch.autograd.grad(cr, params, create_graph=True)
     if first_order:
         g = [gi.detach() for gi in g]
-    fast = {n: p - model.inner_lr * gi for n, p, gi in zip(names, params, g)}
+    fast = {n: p - model.inner_lr * gi for n, p, gi in zip(names, params, g, strict=False)}
     psi_f = {n: fast[n] for n in psi}
     theta_f = {n: fast[n] for n in theta}
 
@@ -86,7 +86,7 @@ def grads_of(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tenso
 
 
 def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    num = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b)))
+    num = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b, strict=False)))
     den = torch.sqrt(sum((y**2).sum() for y in b))
     return float(num / den)
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {
     "method", "task", "target", "sources", "seed", "protocol", "selection", "selected_step",

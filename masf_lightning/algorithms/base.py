@@ -6,7 +6,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import nn
 
 from masf_lightning.data.datamodule import step_seed
 from masf_lightning.errors import TrainingError
@@ -53,7 +52,7 @@ class DGModule(pl.LightningModule):
         """Stop at the first NaN/Inf with the step, the loss term and the domains named (one sync per step)."""
         values = torch.stack([v.detach().float() for v in losses.values()])
         if not bool(torch.isfinite(values).all()):
-            bad = [k for k, v in zip(losses, values.tolist()) if not torch.isfinite(torch.tensor(v))]
+            bad = [k for k, v in zip(losses, values.tolist(), strict=False) if not torch.isfinite(torch.tensor(v))]
             raise TrainingError(
                 f"non-finite loss at step {batch['step']}: {', '.join(f'{k}={losses[k].item()}' for k in bad)} "
                 f"(meta-train {'+'.join(batch['meta_train'])}, meta-test {'+'.join(batch['meta_test'])}); "
