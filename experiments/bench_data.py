@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Data-path throughput: preprocessing (decode + Reinhard + geometry) and cached-batch delivery, images/s.
 
-    python experiments/bench_data.py                 # 96 synthetic 700×460 PNGs, center_crop 227
+    python experiments/bench_data.py                 # 256 synthetic 700×460 PNGs, center_crop 227
     python experiments/bench_data.py --images 400 --workers 2 --json bench_data.json
 """
 
@@ -52,7 +52,7 @@ def bench_delivery(dm: BreakhisDataModule, steps: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=96, help="700×460 synthetic images to preprocess (multiple of 32)")
+    ap.add_argument("--images", type=int, default=256, help="700×460 synthetic images to preprocess (multiple of 32)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=227)
     ap.add_argument("--batch", type=int, default=24, help="images per domain per episode")

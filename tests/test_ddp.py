@@ -36,4 +36,7 @@ def test_ddp_cpu_first_masf_update_matches_single_process(tmp_path: Path) -> Non
     ddp = first_update(tmp_path, "ddp_cpu")
     assert single.keys() == ddp.keys()
     for k in single:
-        assert torch.allclose(single[k], ddp[k], rtol=0, atol=1e-12), k
+        # Adam's first step is ≈ lr·g/(|g|+ε): where the exact gradient is 0 (the last embedder bias: squared
+        # distances ignore a shared shift) float64 round-off of ~1e-17 becomes ~1e-12 in the weights; a wrong
+        # reduction moves them by ~lr = 1e-3.
+        assert torch.allclose(single[k], ddp[k], rtol=0, atol=1e-9), k

@@ -143,19 +143,18 @@ def augment(x: torch.Tensor, out_size: int, params: torch.Tensor) -> torch.Tenso
     """Per-sample crop to out_size at (oy, ox), horizontal flip and k·90° rotation (params rows: oy, ox, flip, k).
 
     Histology has no canonical orientation, so flips and right-angle rotations are label-preserving.
+    Slicing per sample keeps this a memory copy (a 4-D gather index was ~40× slower on CPU).
     """
-    n = x.shape[0]
-    params = params.to(x.device)
-    ar = torch.arange(out_size, device=x.device)
-    rows = (params[:, 0:1] + ar)[:, None, :, None]
-    cols = (params[:, 1:2] + ar)[:, None, None, :]
-    x = x[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
-    x = torch.where(params[:, 2, None, None, None].bool(), x.flip(-1), x)
-    for k in (1, 2, 3):
-        sel = params[:, 3] == k
-        if bool(sel.any()):
-            x[sel] = torch.rot90(x[sel], k, dims=(-2, -1))
-    return x
+    p = params.tolist()
+    crops = [x[i, :, oy : oy + out_size, ox : ox + out_size] for i, (oy, ox, _, _) in enumerate(p)]
+    out = []
+    for crop, (_, _, flip, k) in zip(crops, p, strict=True):
+        if flip:
+            crop = crop.flip(-1)
+        if k:
+            crop = torch.rot90(crop, k, dims=(-2, -1))
+        out.append(crop)
+    return torch.stack(out)
 
 
 def center_crop(x: torch.Tensor, out_size: int) -> torch.Tensor:
@@ -353,7 +352,7 @@ class BreakhisDataModule(pl.LightningDataModule):
         x = augment(x, self.input_size, aug) if aug is not None else center_crop(x, self.input_size)
         dtype = self.trainer.lightning_module.dtype if self.trainer is not None else torch.float32
         mean, std = self.mean.to(x.device, dtype), self.std.to(x.device, dtype)
-        return (x.to(dtype) - mean) / std
+        return x.to(dtype).sub_(mean).div_(std)  # in place: one float buffer per batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "domains" in batch:
