@@ -105,3 +105,18 @@ def compose_config(args: list[str]):
         cfg = compose("train", overrides=[a for a in args if not a.startswith("hydra.")], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def test_rerunning_a_sweep_completes_only_what_is_missing(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [*tiny_overrides(tmp_path / "data"), "-m", "seed=0,1", "method=deepall", f"hydra.sweep.dir={sweep}"]
+    assert run_train(args).returncode == 0
+    done = sweep / "tumor_type" / "deepall" / "400x" / "seed0" / "metrics.json"
+    lost = sweep / "tumor_type" / "deepall" / "400x" / "seed1" / "metrics.json"
+    kept = done.read_bytes()
+    lost.unlink()  # as if the sweep had been killed during seed 1's evaluation
+    proc = run_train(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("already finished") == 1 and f"already finished: {done}" in proc.stdout
+    assert done.read_bytes() == kept and lost.is_file()
+    assert json.loads(lost.read_text())["resumed"] is True  # restarted from its last.ckpt
