@@ -17,6 +17,8 @@ from masf_lightning.errors import ConfigError, DataError
 TINY = {"seed": 0, "patients_per_type": 3, "images_per_magnification": 2, "size": (64, 42), "progress": False}
 N_TINY = 8 * 3 * 4 * 2
 
+# Written out here on purpose, from the official BreaKHis layout: the generator is checked against the
+# dataset's real folder names, not against our own constants (a typo there would pass both).
 SUBTYPES = {
     "A": "adenosis",
     "F": "fibroadenoma",

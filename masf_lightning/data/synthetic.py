@@ -27,23 +27,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from masf_lightning.data.breakhis import BENIGN_TYPES, MAGNIFICATIONS, SUBTYPE_FOLDERS, TUMOR_TYPES
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.io import write_json_atomic
 
 __all__ = ["MARKER_NAME", "generate_synthetic_breakhis", "expected_files", "render_image", "main"]
 
-# Private copies of the dataset constants; the canonical ones live in masf_lightning.data.breakhis.
+# The generator's view of the canonical dataset constants: type → (malignancy folder, subtype folder).
 _TYPES: dict[str, tuple[str, str]] = {
-    "A": ("benign", "adenosis"),
-    "F": ("benign", "fibroadenoma"),
-    "PT": ("benign", "phyllodes_tumor"),
-    "TA": ("benign", "tubular_adenoma"),
-    "DC": ("malignant", "ductal_carcinoma"),
-    "LC": ("malignant", "lobular_carcinoma"),
-    "MC": ("malignant", "mucinous_carcinoma"),
-    "PC": ("malignant", "papillary_carcinoma"),
+    t: ("benign" if t in BENIGN_TYPES else "malignant", SUBTYPE_FOLDERS[t]) for t in TUMOR_TYPES
 }
-_MAGNIFICATIONS: tuple[int, ...] = (40, 100, 200, 400)
+_MAGNIFICATIONS: tuple[int, ...] = MAGNIFICATIONS
 
 MARKER_NAME = ".synthetic_breakhis.json"
 _STAGING_PREFIX = ".synthetic_breakhis.partial-"
