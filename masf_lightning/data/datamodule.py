@@ -324,14 +324,23 @@ class BreakhisDataModule(pl.LightningDataModule):
 
     @property
     def val_names(self) -> list[str]:
-        """Validation loaders: each source domain's val split, then the target's."""
+        """Every magnification of the run: the sources, then the target."""
         return [*self.sources, self.target]
+
+    @property
+    def val_sets(self) -> list[tuple[str, str]]:
+        """(domain, split) of each validation loader: the sources' val, the target's val, the target's test.
+
+        The target's test split is checked during training only to report what the paper's code reported
+        (the best test accuracy seen so far); nothing selects or stops on it.
+        """
+        return [*((d, "val") for d in self.sources), (self.target, "val"), (self.target, "test")]
 
     def eval_loader(self, domain: str, split: str) -> DataLoader:
         return DataLoader(_Rows(self.rows(domain, split)), batch_size=self.eval_batch_size, shuffle=False)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self.eval_loader(d, "val") for d in self.val_names]
+        return [self.eval_loader(d, s) for d, s in self.val_sets]
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_loader(self.target, "test")
