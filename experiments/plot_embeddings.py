@@ -15,7 +15,6 @@ patch the loaded config when the data has moved since training.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -30,76 +29,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from masf_lightning.data.breakhis import MAGNIFICATIONS, SUBTYPE_FOLDERS, domain_name  # noqa: E402
-from masf_lightning.data.splits import read_split_manifest  # noqa: E402
-from masf_lightning.errors import ConfigError, DataError, MasfError  # noqa: E402
+from masf_lightning.errors import DataError, MasfError  # noqa: E402
 from masf_lightning.eval.embeddings import collect  # noqa: E402
+from masf_lightning.eval.runs import load_run  # noqa: E402
 from masf_lightning.io import atomic_path  # noqa: E402
-from masf_lightning.pipeline import METRICS_FILE, RUN_CONFIG_FILE, build_datamodule, build_module  # noqa: E402
 
 # The same columns the pipeline's training-time projector uses, so both read alike in TensorBoard.
 PROJECTOR_HEADER = ["type", "malignancy", "magnification", "split", "role"]
 PROJECTOR_DIR = "fig2_embedding"  # own TensorBoard run: rewriting tb/projector_config.pbtxt would hide the training one
 MAG_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")
 CLASS_COLOURS = {"benign": "#2166ac", "malignant": "#b2182b"}
-
-
-# -- the run ------------------------------------------------------------------------------------
-def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config the run trained with, resolved.
-
-    run_config.json is preferred: the pipeline resolved it at training time, so paths and
-    environment variables are those of the run, not of today's shell. .hydra/config.yaml is
-    the fallback; its `${hydra:...}` interpolations are resolved against .hydra/hydra.yaml.
-    """
-    path = run_dir / RUN_CONFIG_FILE
-    if path.is_file():
-        cfg = OmegaConf.create(json.loads(path.read_text()))
-    elif (run_dir / ".hydra" / "config.yaml").is_file():
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-        hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-        hydra_cfg = OmegaConf.load(hydra_yaml).hydra if hydra_yaml.is_file() else OmegaConf.create({})
-        OmegaConf.register_new_resolver("hydra", lambda key: OmegaConf.select(hydra_cfg, key), replace=True)
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    else:
-        raise ConfigError(f"{run_dir} holds neither {RUN_CONFIG_FILE} nor .hydra/config.yaml: is it a run folder?")
-    cfg.progress = False  # run_config.json leaves out `progress`; bars would only clutter a plotting script
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    return cfg
-
-
-def selected_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint the run evaluated (metrics.json `selected_checkpoint`), else checkpoints/last.ckpt."""
-    metrics = run_dir / METRICS_FILE
-    if metrics.is_file():
-        rel = json.loads(metrics.read_text()).get("selected_checkpoint")
-        if rel and (run_dir / rel).is_file():
-            return run_dir / rel
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return last
-    raise DataError(f"{run_dir} has no selected checkpoint and no checkpoints/last.ckpt: train it first")
-
-
-def check_split(dm: object, run_dir: Path) -> None:
-    """Refuse to plot a split that is not the one the run trained and tested on.
-
-    Changed data or split code would put training images among the "test" points without any sign.
-    """
-    manifest = run_dir / "split_manifest.csv"
-    if not manifest.is_file():
-        return
-    saved = read_split_manifest(manifest)
-    saved = saved[saved["split"] != "unused"]
-    now = dm.index  # type: ignore[attr-defined]
-    if set(zip(saved["path"], saved["split"], strict=True)) != set(zip(now["path"], now["split"], strict=True)):
-        raise DataError(
-            f"the split rebuilt from {dm.root} differs from {manifest}: the data or split settings changed since "  # type: ignore[attr-defined]
-            "training; point data.root=... at the run's data"
-        )
 
 
 # -- embedding ----------------------------------------------------------------------------------
@@ -238,24 +179,15 @@ def log_projector(run_dir: Path, emb: Embedded, step: int) -> Path:
 def plot_run(run_dir: Path, out: Path | None = None, method: str = "tsne", max_per_domain: int | None = 1000,
              overrides: Sequence[str] = (), device: str | None = None) -> dict[str, Path]:  # fmt: skip
     """Everything main() does, callable from Python; returns the written artefacts."""
-    cfg = load_run_config(run_dir, overrides)
-    ckpt = selected_checkpoint(run_dir)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dm = build_datamodule(cfg, None)  # no output dir: the run's split_manifest.csv is read, never rewritten
-    dm.prepare_data()  # regenerates synthetic data if it was deleted; reuses the cache otherwise
-    dm.setup("test")
-    check_split(dm, run_dir)
-    module = build_module(cfg, dm.num_classes)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    module.load_state_dict(state["state_dict"])
-    module.to(dev)
-    emb = embed_test_sets(module, dm, max_per_domain, dev)
+    run = load_run(run_dir, overrides, device)
+    cfg, dm = run.cfg, run.dm
+    emb = embed_test_sets(run.module, dm, max_per_domain, run.module.device)
     points, made_by = project(emb.vectors, method)
 
     name = cfg.method.name if "name" in cfg.method else "?"
     title = (
         f"{name} · {cfg.task} · target {dm.target.replace('x', '×')} unseen in training\n"
-        f"test images of all magnifications (n={len(points)}) · {made_by} of {emb.space} · checkpoint step {state.get('global_step', '?')}"
+        f"test images of all magnifications (n={len(points)}) · {made_by} of {emb.space} · checkpoint step {run.step}"
     )
     fig = figure(points, emb, dm.class_names, title)
     prefix = out or run_dir / "fig2_embedding"
@@ -270,7 +202,7 @@ def plot_run(run_dir: Path, out: Path | None = None, method: str = "tsne", max_p
     )
     with atomic_path(paths["csv"]) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
-    paths["tensorboard"] = log_projector(run_dir, emb, int(state.get("global_step", 0)))
+    paths["tensorboard"] = log_projector(run_dir, emb, run.step)
     return paths
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -56,15 +55,6 @@ def test_plot_writes_png_pdf_and_projector(masf_run: Path, tmp_path: Path, capsy
     assert "target_test+source_val" in (masf_run / "tb" / "projector_config.pbtxt").read_text()
 
 
-def test_falls_back_to_last_checkpoint(masf_run: Path, tmp_path: Path) -> None:
-    metrics = json.loads((masf_run / "metrics.json").read_text())
-    assert plot_embeddings.selected_checkpoint(masf_run) == masf_run / metrics["selected_checkpoint"]
-    fake = tmp_path / "run"
-    (fake / "checkpoints").mkdir(parents=True)
-    (fake / "checkpoints" / "last.ckpt").write_bytes(b"")
-    assert plot_embeddings.selected_checkpoint(fake) == fake / "checkpoints" / "last.ckpt"
-
-
 def test_not_a_run_folder_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert plot_embeddings.main([str(tmp_path)]) != 0
     err = capsys.readouterr().err
@@ -84,17 +74,3 @@ def test_refuses_a_split_that_is_not_the_runs(masf_run: Path, capsys: pytest.Cap
     assert plot_embeddings.main([str(masf_run), "--out", str(masf_run / "never"), "split.seed=1"]) != 0
     assert "differs from" in capsys.readouterr().err
     assert not (masf_run / "never.png").exists()
-
-
-def test_config_from_hydra_folder_matches_run_config(masf_run: Path, tmp_path: Path) -> None:
-    """Runs without run_config.json fall back to .hydra/config.yaml, resolved against .hydra/hydra.yaml."""
-    from omegaconf import OmegaConf
-
-    copy = tmp_path / "run"
-    (copy / ".hydra").mkdir(parents=True)
-    for name in ("config.yaml", "hydra.yaml"):
-        (copy / ".hydra" / name).write_text((masf_run / ".hydra" / name).read_text())
-    from_json = OmegaConf.to_container(plot_embeddings.load_run_config(masf_run))
-    from_yaml = OmegaConf.to_container(plot_embeddings.load_run_config(copy))
-    for key in ("data", "method", "backbone", "split", "task", "target", "seed", "stain"):
-        assert from_yaml[key] == from_json[key], key

@@ -73,3 +73,11 @@ def log_to_tensorboard(trainer: pl.Trainer, module: DGModule, dm: BreakhisDataMo
             rows = dm.index.iloc[res["rows"].numpy()]
             meta += [[r.tumor_type, r.malignancy, f"{r.magnification}x", split, "target" if d == dm.target else "source"] for r in rows.itertuples()]
         exp.add_embedding(torch.cat(feats), metadata=meta, metadata_header=["type", "malignancy", "magnification", "split", "role"], tag="target_test+source_val", global_step=trainer.global_step)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from masf_lightning.eval.runs import main  # re-evaluation of finished runs; see that module
+
+    sys.exit(main())
