@@ -122,7 +122,7 @@ def _is_breast_dir(path: Path) -> bool:
     return (path / "benign").is_dir() or (path / "malignant").is_dir()
 
 
-def _find_breast_dir(root: Path) -> Path:
+def find_breast_dir(root: Path) -> Path:
     """Locate the `breast` folder at any accepted level below `root`; refuse an ambiguous root."""
     if not root.is_dir():
         raise DataError(
@@ -191,7 +191,7 @@ def index_breakhis(
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error={on_error!r} is invalid; use 'raise' or 'skip'")
     root = Path(root)
-    breast = _find_breast_dir(root)
+    breast = find_breast_dir(root)
     prefix = breast.relative_to(root).parts
     rows: list[tuple[str, str, str, str, int, int]] = []
     problems: list[str] = []
@@ -310,11 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     print(summarize_index(index))
     diffs = check_against_official(index)
+    official = f"{OFFICIAL_TOTAL:,} images, {OFFICIAL_PATIENT_FOLDERS} patient folders"
     if diffs:
-        print("differs from the official BreaKHis v1 counts:")
+        print(f"differs from the official BreaKHis v1 counts ({official}):")
         print("\n".join(f"  - {d}" for d in diffs))
     else:
-        print("matches the official BreaKHis v1 counts")
+        print(f"matches the official BreaKHis v1 counts ({official})")
     return 0
 
 

@@ -4,14 +4,21 @@ classifier (fc8 in the paper) and the metric embedder read, plus the geometry it
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 
 from masf_lightning.errors import ConfigError
+
+# Base address of a mirror holding torchvision's weight files under their own names (tests serve one on 127.0.0.1).
+WEIGHTS_URL_ENV = "MASF_WEIGHTS_URL"
 
 
 @dataclass
@@ -21,31 +28,76 @@ class Backbone:
     name: str
 
 
+def weights_url(arch: str, weights: str) -> str:
+    """Address of a torchvision weight file: its own URL, or the same file name under $MASF_WEIGHTS_URL (a mirror)."""
+    url = torchvision.models.get_model_weights(arch)[weights].url
+    mirror = os.environ.get(WEIGHTS_URL_ENV)
+    return f"{mirror.rstrip('/')}/{os.path.basename(url)}" if mirror else url
+
+
+def fetch_weights(url: str, label: str | None = None, progress: bool = True) -> Path:
+    """The torch hub cache's copy of `url`; if absent, downloaded by torch.hub, which checks the SHA-256 prefix
+    that torchvision puts in the file name, so a damaged download or a wrong mirror never lands in the cache."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(urlparse(url).path)
+    if path.is_file():
+        return path
+    label = label or f"weights {path.name}"
+    match = torch.hub.HASH_REGEX.search(path.name)
+    prefix = match.group(1) if match else None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
+    except RuntimeError as exc:
+        if "hash" not in str(exc):
+            raise
+        raise ConfigError(
+            f"{label}: downloaded {url} but its SHA-256 does not start with {prefix} as {path.name} says "
+            f"(damaged download or a wrong mirror); nothing saved in {folder}/"
+        ) from None
+    except (OSError, HTTPException, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, HTTPError) else getattr(exc, "reason", None) or exc
+        raise ConfigError(
+            f"{label} are not available: {path.name} is not in {folder}/ and downloading {url} failed ({reason}); "
+            f"put the file there (or set TORCH_HOME), run `make weights` where there is internet, "
+            "or use backbone.weights=null"
+        ) from None
+    return path
+
+
 def _load_weights(arch: str, weights: str | None) -> dict[str, torch.Tensor] | None:
-    """ImageNet weights from the torch hub cache only: we never download at run time."""
+    """ImageNet weights through torchvision's weight registry: from the torch hub cache, downloaded if absent."""
     if weights in (None, "none", "null"):
         return None
     enum = torchvision.models.get_model_weights(arch)
-    try:
-        w = enum[weights]
-    except KeyError:
+    if weights not in enum.__members__:
         valid = ", ".join(m.name for m in enum)
-        raise ConfigError(f"backbone.weights={weights!r} is not a {arch} weight set (valid: {valid}, null)") from None
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    path = folder / os.path.basename(w.url)
-    if not path.is_file():
-        raise ConfigError(
-            f"ImageNet weights for {arch} ({weights}) are not available offline: put {path.name} "
-            f"(from {w.url}) in {folder}/ or set TORCH_HOME, or run with backbone.weights=null"
-        )
+        raise ConfigError(f"backbone.weights={weights!r} is not a {arch} weight set (valid: {valid}, null)")
+    path = fetch_weights(weights_url(arch, weights), f"ImageNet weights for {arch} ({weights})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ConfigError(f"cannot read ImageNet weights {path}: {exc.__class__.__name__}; delete it and place a fresh copy") from None
 
 
+def download_main() -> int:
+    """`make weights`: put the ImageNet AlexNet and ResNet-18 files in the torch hub cache (for offline compute nodes)."""
+    try:
+        for arch in ("alexnet", "resnet18"):
+            print(f"{arch}: {fetch_weights(weights_url(arch, 'IMAGENET1K_V1'), f'ImageNet weights for {arch}')}")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
 def alexnet(weights: str | None = "IMAGENET1K_V1") -> Backbone:
-    """F_ψ = conv1 … fc7 (4096-d) of torchvision's AlexNet, dropout 0.5 before fc6 and fc7 (paper Fig. 1)."""
+    """F_ψ = conv1 … fc7 (4096-d) of torchvision's AlexNet: the paper's architecture family, not its network.
+
+    torchvision's (64-192-384-256-256 filters, no LRN, no grouped convs, dropout 0.5 before fc6 and fc7, RGB
+    input with ImageNet mean/std) differs from the paper's Caffe ``bvlc_alexnet`` (96-256-384-384-256, LRN,
+    groups=2, dropout after fc6 and fc7, BGR input with mean subtraction), and so do their ImageNet weights.
+    """
     net = torchvision.models.alexnet(weights=None)
     state = _load_weights("alexnet", weights)
     if state is not None:
