@@ -200,3 +200,37 @@ def test_check_split_covers(index3: pd.DataFrame) -> None:
     check_split_covers(index3, gap, "tumor_type", {"train": [400]})
     with pytest.raises(ConfigError, match="domain"):
         check_split_covers(index3, split, "tumor_type", {"test": ["500x"]})
+
+
+def test_patient_protocol_says_per_type_why_val_is_empty(index3: pd.DataFrame) -> None:
+    """Two patients per type fill train and test; val (fraction 0.1) stays empty: refused, type by type."""
+    two = index3[~index3["patient"].str.endswith("AB")]  # 14-13412 stays, filed under DC and LC
+    with pytest.raises(DataError) as err:
+        make_split(two, seed=0)
+    msg = str(err.value)
+    assert "\n" not in msg and "could not place any patient in 'val'" in msg and "protocol=paper" in msg
+    for t in TUMOR_TYPES:
+        assert f"{t} 2 (1 train, 1 test)" in msg, t
+    assert set(make_split(two, fractions=(0.5, 0.0, 0.5))) == {"train", "test"}  # no val asked for
+
+
+def test_official_fold_says_per_type_why_val_is_empty(index3: pd.DataFrame, tmp_path: Path) -> None:
+    fold = tmp_path / "dsfold1.txt"
+    _write_fold(fold, index3, {p for p in index3["patient"] if p.endswith("AB")})  # 2 train patients per type
+    with pytest.raises(DataError, match=r"official_fold could not place any patient in 'val'.*DC 2 \(2 train\)"):
+        make_split(index3, "official_fold", fold_file=fold)
+
+
+def test_coverage_gaps_are_named_per_class_with_their_patients(index3: pd.DataFrame) -> None:
+    sub = index3[~index3["patient"].isin(["14-2000", "14-2001"])]  # F keeps one patient: train only
+    sub = sub[~((sub["tumor_type"] == "PT") & sub["magnification"].isin([100, 200]))]
+    split = make_split(sub, seed=0)
+    with pytest.raises(DataError) as err:
+        check_split_covers(sub, split, "tumor_type", {"train": [40, 100, 200], "test": [400]})
+    msg = str(err.value)
+    assert "\n" not in msg and "add patients" in msg
+    assert "class 'F' with no images in domain 400x, split 'test' (1 patient: 1 in train)" in msg
+    assert (
+        "class 'PT' with no images in domains 100x, 200x, split 'train' (3 patients: 1 in train, 1 in val, 1 in test)"
+        in msg
+    )

@@ -119,6 +119,32 @@ def _stratified_patient_assignment(
     return out
 
 
+def _check_placed(
+    patient_type: pd.Series,
+    assignment: Mapping[str, str],
+    fractions: Sequence[float],
+    names: Sequence[str],
+    min_patients: Sequence[int],
+    protocol: str,
+) -> None:
+    """Refuse an assignment that gives a split with a non-zero fraction no patient at all, saying per tumour
+    type how many patients it has and where they went (a type fills bucket i only from min_patients[i] on)."""
+    placed = set(assignment.values())
+    for name, fraction, need in zip(names, fractions, min_patients, strict=True):
+        if fraction == 0 or name in placed:
+            continue
+        per_type = []
+        for ttype in sorted(set(patient_type), key=lambda t: (TUMOR_TYPES + (t,)).index(t)):
+            sides = pd.Series([assignment[p] for p in patient_type.index[patient_type == ttype]]).value_counts()
+            where = ", ".join(f"{int(sides[n])} {n}" for n in names if n in sides)
+            per_type.append(f"{ttype} {int(sides.sum())} ({where})")
+        raise DataError(
+            f"split.protocol={protocol} could not place any patient in {name!r} (fraction {fraction:g}): a tumour "
+            f"type gives {name} a patient only from {need} patients on; patients per type: {', '.join(per_type)}; "
+            "add patients, or use split.protocol=paper"
+        )
+
+
 def _split_paper(index: pd.DataFrame, seed: int) -> pd.Series:
     """Per magnification: shuffle, first int(.45 n) -> test, up to int(.9 n) -> train, rest -> val (public code)."""
     _require_columns(index, ("path", "magnification"))
@@ -144,7 +170,9 @@ def _split_patient(index: pd.DataFrame, seed: int, fractions: tuple[float, float
     """Patient-disjoint across all magnifications, stratified by each patient's (majority) tumour type."""
     _require_columns(index, ("patient", "tumor_type"))
     # Train from 1 patient, test from 2, val from 3: every type with >= 2 patients is trained and tested.
-    assignment = _stratified_patient_assignment(_patient_types(index), fractions, seed, SPLITS, (1, 3, 2))
+    patient_type = _patient_types(index)
+    assignment = _stratified_patient_assignment(patient_type, fractions, seed, SPLITS, (1, 3, 2))
+    _check_placed(patient_type, assignment, fractions, SPLITS, (1, 3, 2), "patient")
     return _as_split_series(index["patient"].map(assignment).to_numpy(dtype=object), index)
 
 
@@ -221,6 +249,7 @@ def _split_official_fold(
     assignment = _stratified_patient_assignment(
         types, (1.0 - val_share, val_share), seed, ("train", "val"), (1, 3)
     )
+    _check_placed(types, assignment, (1.0 - val_share, val_share), ("train", "val"), (1, 3), "official_fold")
     to_val = (raw == "train").to_numpy() & (index["patient"].map(assignment) == "val").to_numpy()
     values[to_val] = "val"
     return _as_split_series(values, index)
@@ -320,13 +349,35 @@ def check_split_covers(
             strict=True,
         )
     )
-    gaps = [(c, d, s) for s, doms in needed.items() for d in doms for c in classes if (d, s, c) not in have]
+    gaps: dict[str, list[str]] = {}
+    for c in classes:
+        for s, doms in needed.items():
+            missing = [domain_name(d) for d in doms if (d, s, c) not in have]
+            if missing:
+                plural = "s" if len(missing) > 1 else ""
+                gaps.setdefault(c, []).append(f"domain{plural} {', '.join(missing)}, split {s!r}")
     if gaps:
-        c, d, s = gaps[0]
+        problems = [
+            f"class {c!r} with no images in {' nor in '.join(where)}{_placement(index, split, label_column, c)}"
+            for c, where in gaps.items()
+        ]
         raise DataError(
-            f"split leaves class {c!r} with no images in domain {domain_name(d)}, split {s!r} "
-            f"({len(gaps)} gap(s) in all); change split_seed/fractions or the protocol"
+            f"split leaves {'; '.join(problems)}; a patient-disjoint split needs at least 2 patients of a class, "
+            "with images at every magnification, to put one in train and one in test: add patients, "
+            "change split.seed/fractions, or use split.protocol=paper"
         )
+
+
+def _placement(index: pd.DataFrame, split: pd.Series, label_column: str, cls: str) -> str:
+    """" (3 patients: 2 in train, 1 in test)": where the patients of class `cls` went; empty without patients."""
+    if "patient" not in index.columns:
+        return ""
+    rows = (index[label_column] == cls).to_numpy()
+    sides = pd.DataFrame({"patient": index["patient"].to_numpy()[rows], "split": split.to_numpy()[rows]})
+    per_split = sides.drop_duplicates().groupby("split")["patient"].size()
+    where = ", ".join(f"{int(per_split[s])} in {s}" for s in (*SPLITS, UNUSED) if s in per_split)
+    n = sides["patient"].nunique()
+    return f" ({n} patient{'s' if n != 1 else ''}: {where})"
 
 
 def write_split_manifest(index: pd.DataFrame, split: pd.Series, path: str | os.PathLike[str]) -> None:
