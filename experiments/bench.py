@@ -84,6 +84,8 @@ class Variant:
     conv_by_convs: bool = True  # MASF.conv_double_backward_by_convs
     reference: str = "deepall"  # the key of the DeepAll variant its ratio is taken to
     compiled: bool = False  # torch.compile(featurizer) (--compile; DeepAll only: compiled graphs cannot double-backward)
+    layout: str = "separate"  # MASF's optimizer layout: separate (three Adams, the default) | joint (Eq. 11 literal)
+    fused: bool = True  # fused Adam (the default) or torch's foreach Adam (--ablations)
 
 
 def memory_format_of(name: str) -> torch.memory_format:
@@ -109,7 +111,9 @@ def load_masf_at(rev: str) -> type[MASF]:
 def make_module(spec: BackboneSpec, variant: Variant, device: torch.device) -> DGModule:
     """The module `python train.py method=…` builds (conf/method/*.yaml values), with the same initial weights."""
     torch.manual_seed(0)
-    common = dict(backbone=spec.make(), num_classes=NUM_CLASSES, lr=1e-5)
+    common = dict(backbone=spec.make(), num_classes=NUM_CLASSES, lr=1e-5, fused_adam=variant.fused)
+    if variant.masf_class is not MASF:  # an old revision's MASF knows no fused_adam / optimizers
+        common.pop("fused_adam")
     if variant.method == "deepall":
         module: DGModule = DeepAll(**common)
     else:
@@ -124,6 +128,7 @@ def make_module(spec: BackboneSpec, variant: Variant, device: torch.device) -> D
             first_order=variant.method == "first_order",
             triplet_fraction=1 / 3,
             embedder={"hidden_dim": 1024, "embedding_dim": 256},
+            **({"optimizers": variant.layout, "grad_norm_every": 0} if variant.masf_class is MASF else {}),
         )
         module.conv_double_backward_by_convs = variant.conv_by_convs
     if variant.compiled:
@@ -148,19 +153,29 @@ def make_step(
     batches: dict[str, tuple[torch.Tensor, torch.Tensor]],
     phase: Callable[[str], AbstractContextManager[Any]] = lambda name: nullcontext(),
 ) -> Callable[[], None]:
-    """The optimization part of each training_step (no logging, no NaN guard): loss, one backward, one step.
+    """The optimization part of each training_step (no logging, no NaN guard): loss, one backward, the step(s).
 
-    `phase` wraps the three parts (the profiler labels them with it).
+    MASF runs its own meta_objective → meta_gradients → apply_gradients; `phase` wraps the three parts
+    (the profiler labels them with it).
     """
     opt = module.configure_optimizers()
     y_all = torch.cat([y for _, y in batches.values()])
+    current = isinstance(module, MASF) and hasattr(module, "apply_gradients")
 
     def step() -> None:
+        if current:
+            with phase("objective"):
+                out = module.meta_objective(batches, META_TRAIN, META_TEST)
+            with phase("backward"):
+                grads = module.meta_gradients(out)
+            with phase("optimizer_step"):
+                module.apply_gradients(grads, opt)
+            return
         with phase("objective"):
             if method == "deepall":
                 # DeepAll.training_step concatenates the domains each step; so do we (it is part of its cost).
                 loss = cross_entropy(module(torch.cat([x for x, _ in batches.values()])), y_all)
-            else:
+            else:  # an old revision (--baseline): its objective's gradient is the whole update
                 loss = module.meta_objective(batches, META_TRAIN, META_TEST)["total"]
         opt.zero_grad(set_to_none=True)
         with phase("backward"):
@@ -178,11 +193,13 @@ def sync(device: torch.device) -> None:
 
 def make_variants(args: argparse.Namespace) -> list[Variant]:
     fmt = "channels_last" if args.memory_format in ("channels_last", "both") else "contiguous"
-    variants = [Variant(m, m, fmt) for m in METHODS]
+    variants = [Variant(m, m, fmt) for m in METHODS]  # MASF in its default (separate) layout
+    variants += [Variant(f"joint.{m}", m, fmt, layout="joint") for m in METHODS[1:]]
     if args.memory_format == "both":
         variants += [Variant(f"contiguous.{m}", m, "contiguous", reference="contiguous.deepall") for m in METHODS]
     if args.ablations:
         variants.append(Variant("second_order_autograd_conv", "second_order", fmt, conv_by_convs=False))
+        variants += [Variant(f"foreach.{m}", m, fmt, fused=False, reference="foreach.deepall") for m in METHODS]
     if args.compile:
         variants.append(Variant("compiled.deepall", "deepall", fmt, compiled=True))
     if args.baseline:

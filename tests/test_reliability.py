@@ -79,7 +79,7 @@ def test_nan_loss_stops_with_step_term_and_domains(tmp_path: Path, monkeypatch: 
         out = original(self, batches, meta_train, meta_test)
         if self.global_step == 5:
             out["gen"] = out["gen"] * float("nan")
-            out["total"] = out["total"] + out["gen"]
+            out["carrier"] = out["carrier"] + out["gen"]
         return out
 
     monkeypatch.setattr(MASF, "meta_objective", poisoned)

@@ -22,4 +22,4 @@ class DeepAll(DGModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return self.adam(self.parameters())

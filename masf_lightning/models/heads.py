@@ -10,6 +10,9 @@ def make_classifier(feature_dim: int, num_classes: int) -> nn.Module:
     return nn.Linear(feature_dim, num_classes)
 
 
-def make_embedder(feature_dim: int, hidden_dim: int = 1024, embedding_dim: int = 256) -> nn.Module:
-    """F_φ: 4096 → 1024 → LeakyReLU(0.2) → 256, as MASF's public code builds its metric net."""
-    return nn.Sequential(nn.Linear(feature_dim, hidden_dim), nn.LeakyReLU(0.2), nn.Linear(hidden_dim, embedding_dim))
+def make_embedder(feature_dim: int, hidden_dim: int = 1024, embedding_dim: int = 256, final_activation: bool = True) -> nn.Module:
+    """F_φ: 4096 → 1024 → LeakyReLU(0.2) → 256 → LeakyReLU(0.2), as MASF's public code builds its metric net
+    (`masf_func.py`: both fully connected layers are followed by a leaky ReLU, slope 0.2, so the 256-d
+    embedding is LeakyReLU'd too); `final_activation=False` leaves the embedding linear."""
+    layers: list[nn.Module] = [nn.Linear(feature_dim, hidden_dim), nn.LeakyReLU(0.2), nn.Linear(hidden_dim, embedding_dim)]
+    return nn.Sequential(*layers, *([nn.LeakyReLU(0.2)] if final_activation else []))
