@@ -127,13 +127,14 @@ class MASF(DGModule):
         f_t = torch.cat([feats[d][:m] for d, m in zip(names, k, strict=True)])
         y_t = torch.cat([batches[d][1][:m] for d, m in zip(names, k, strict=True)])
         f_scaled = self.beta_tri * f_t + (1 - self.beta_tri) * f_t.detach()
-        tri_carrier = triplet_semihard_loss(gather_across_ranks(self.embedder(f_scaled)), gather_across_ranks(y_t), self.margin)
+        emb = self.embedder(f_scaled)
+        tri_carrier = triplet_semihard_loss(gather_across_ranks(emb), gather_across_ranks(y_t), self.margin)
         tri = tri_carrier.detach()
 
         meta = self.beta_gen * gen + self.beta_tri * tri  # Eq. 10
         carrier = self.beta_gen * gen + straight_through(self.beta_tri * tri, tri_carrier)
         return {"cr": cr.detach(), "gen": gen.detach(), "tri": tri, "meta": meta.detach(), "carrier": carrier,
-                "cr_grads": [g.detach() for g in grads], "gen_graph": gen, "tri_graph": tri_carrier}  # fmt: skip
+                "cr_grads": [g.detach() for g in grads], "gen_graph": gen, "tri_graph": tri_carrier, "embeddings": emb.detach()}  # fmt: skip
 
     def meta_gradients(self, out: dict[str, Any]) -> dict[str, Grads]:
         """The three gradients of one episode from one backward: task ∇L_cr, meta ∇L_meta (ψ, θ), metric ∇_φ L_tri."""
@@ -190,3 +191,6 @@ class MASF(DGModule):
         cr = self._norm(out["cr_grads"][: len(psi)])
         norms = {"cr": cr, "gen": self._norm(gen), "tri": self._norm(tri)}
         self.log_dict({f"grad_norm/psi_{k}": v for k, v in norms.items()}, prog_bar=False)
+        # the scale Eq. 8 works at: mean squared distance between T's embeddings, against the margin ζ
+        e = out["embeddings"].float()
+        self.log("diag/embedding_sq_dist_over_margin", torch.cdist(e, e).pow(2).mean() / self.margin, prog_bar=False)
