@@ -34,10 +34,9 @@ from masf_lightning.data.breakhis import MAGNIFICATIONS, SUBTYPE_FOLDERS, domain
 from masf_lightning.errors import DataError, MasfError  # noqa: E402
 from masf_lightning.eval.embeddings import collect  # noqa: E402
 from masf_lightning.eval.runs import load_run  # noqa: E402
+from masf_lightning.eval.tensorboard import PROJECTOR_HEADER  # noqa: E402  (the training projector's columns)
 from masf_lightning.io import atomic_path  # noqa: E402
 
-# The same columns the pipeline's training-time projector uses, so both read alike in TensorBoard.
-PROJECTOR_HEADER = ["type", "malignancy", "magnification", "split", "role"]
 PROJECTOR_DIR = "fig2_embedding"  # own TensorBoard run: rewriting tb/projector_config.pbtxt would hide the training one
 MAG_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")
 CLASS_COLOURS = {"benign": "#2166ac", "malignant": "#b2182b"}
@@ -64,7 +63,7 @@ def embed_test_sets(module: torch.nn.Module, dm: object, max_per_domain: int | N
     """Embed every magnification's test split, at most `max_per_domain` images each (a fixed random subset)."""
     vectors, labels, rows, domains = [], [], [], []
     space = "F_ψ features"
-    for d in sorted(dm.val_names, key=lambda s: int(s[:-1])):  # type: ignore[attr-defined]
+    for d in dm.domains:  # type: ignore[attr-defined]
         res = collect(module, dm, d, "test", device)
         if len(res["labels"]) == 0:
             continue
@@ -159,8 +158,8 @@ def figure(points: np.ndarray, emb: Embedded, class_names: Sequence[str], title:
 def log_projector(run_dir: Path, emb: Embedded, step: int) -> Path:
     """The same vectors in TensorBoard's projector, with the pipeline's metadata columns.
 
-    pipeline.log_to_tensorboard needs a Trainer and also logs figures and hparams, so it cannot be
-    reused here; this writes its own TensorBoard run beside the training one.
+    eval/tensorboard.log_projector embeds the training-time sets (target test, source val); this writes
+    the test sets of all magnifications as its own TensorBoard run beside the training one.
     """
     from torch.utils.tensorboard import SummaryWriter
 

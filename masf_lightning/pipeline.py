@@ -13,12 +13,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
 from masf_lightning.data.datamodule import BreakhisDataModule
 from masf_lightning.errors import ConfigError, MasfError
 from masf_lightning.eval.report import evaluate, log_to_tensorboard
+from masf_lightning.eval.tensorboard import TrainingLogger
 from masf_lightning.io import write_json_atomic
 
 SELECTIONS = {"source_val": "val/source_acc", "target_val": "val/target_acc", "last": None}
@@ -114,7 +114,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
         callbacks.append(TrainProgressBar(refresh_rate=10))
     if cfg.early_stopping_patience is not None and monitor is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(cfg.early_stopping_patience)))
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    logger = TrainingLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     if trainer_cfg.get("strategy") == "ddp":
         from pytorch_lightning.strategies import DDPStrategy
@@ -200,6 +200,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.progress:
         print(dm.describe())
     module = build_module(cfg, dm.num_classes)
+    dm.check_meta_split(cfg.method.name, needs_meta_split=hasattr(module, "meta_objective"))
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = last.is_file()

@@ -52,7 +52,7 @@ def test_plot_writes_png_pdf_and_projector(masf_run: Path, tmp_path: Path, capsy
     assert meta[0].split("\t") == ["type", "malignancy", "magnification", "split", "role"]
     assert len(meta) - 1 == len(points)
     # the training run's own projector is left as it was
-    assert "target_test+source_val" in (masf_run / "tb" / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "target_test_and_source_val:' in (masf_run / "tb" / "projector_config.pbtxt").read_text()
 
 
 def test_not_a_run_folder_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

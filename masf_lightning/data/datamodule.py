@@ -61,7 +61,8 @@ class EpisodeSampler:
     _by_class: dict[str, list[torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.meta_test_count < len(self.pools):
+        # one source (DeepAll on a single magnification): no meta-split, the source is meta-train
+        if len(self.pools) > 1 and not 1 <= self.meta_test_count < len(self.pools):
             raise ConfigError(
                 f"data.meta_test_domains={self.meta_test_count} must be between 1 and {len(self.pools) - 1} "
                 f"for {len(self.pools)} source domains"
@@ -87,7 +88,7 @@ class EpisodeSampler:
         g = step_generator(self.seed, step, "episode")
         names = sorted(self.pools)
         order = torch.randperm(len(names), generator=g).tolist()
-        meta_test = sorted(names[i] for i in order[: self.meta_test_count])
+        meta_test = sorted(names[i] for i in order[: self.meta_test_count]) if len(names) > 1 else []
         meta_train = [d for d in names if d not in meta_test]
         domains = {}
         for d in names:
@@ -164,13 +165,18 @@ def center_crop(x: torch.Tensor, out_size: int) -> torch.Tensor:
 
 
 class BreakhisDataModule(pl.LightningDataModule):
-    """BreaKHis (real or synthetic) as four magnification domains: one target, three sources."""
+    """BreaKHis (real or synthetic) as four magnification domains: one target, three sources.
+
+    `sources` narrows training to some magnifications (the transfer map trains on one); the others
+    are unseen, `target` the one the headline metrics are about. Evaluation covers all of them.
+    """
 
     def __init__(
         self,
         root: str | None,
         task: str = "tumor_type",
         target: str = "400x",
+        sources: Sequence[str] | None = None,
         stain: Any = None,
         geometry: dict[str, Any] | None = None,
         input_size: int = 64,
@@ -201,6 +207,7 @@ class BreakhisDataModule(pl.LightningDataModule):
             self.target = domain_name(parse_domain(target))
         except ConfigError:
             raise ConfigError(f"target={target} is not a BreaKHis magnification; use one of 40x, 100x, 200x, 400x") from None
+        self.requested_sources = self._parse_sources(sources, self.target)
         self.stain = stain
         geometry = dict(geometry or {"mode": "resize", "size": input_size})
         self.geometry = Geometry(**geometry)
@@ -226,6 +233,30 @@ class BreakhisDataModule(pl.LightningDataModule):
         self.cached: CachedImages | None = None
         self.index: pd.DataFrame | None = None
         self._images: dict[torch.device, torch.Tensor] = {}
+
+    @staticmethod
+    def _parse_sources(sources: Sequence[str] | str | None, target: str) -> list[str] | None:
+        if sources is None:
+            return None
+        if isinstance(sources, str) or not sources:
+            raise ConfigError(f"data.sources={sources!r} must be a non-empty list of magnifications, e.g. data.sources=[40x,100x]")
+        try:
+            names = [domain_name(parse_domain(str(s))) for s in sources]
+        except ConfigError:
+            raise ConfigError(f"data.sources={list(sources)} holds a value that is not a BreaKHis magnification (40x, 100x, 200x, 400x)") from None
+        if target in names:
+            raise ConfigError(f"data.sources={names} contains target={target}: the target magnification must stay unseen")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources={names} lists a magnification twice")
+        return sorted(names, key=parse_domain)
+
+    def check_meta_split(self, method: str, needs_meta_split: bool) -> None:
+        """One line, before training, instead of a crash inside the first episode."""
+        if needs_meta_split and len(self.sources) < 2:
+            raise ConfigError(
+                f"method={method} needs at least 2 source magnifications for its meta-train/meta-test split; "
+                f"data.sources={self.sources} has {len(self.sources)} (train a single magnification with method=deepall)"
+            )
 
     # -- preparation ---------------------------------------------------------------------------
     @property
@@ -269,7 +300,11 @@ class BreakhisDataModule(pl.LightningDataModule):
         index, split = index[keep].reset_index(drop=True), split[keep].reset_index(drop=True)
         index = index.assign(split=split.values, domain=[domain_name(m) for m in index["magnification"]])
         index["label"] = index[self.label_column].map({c: i for i, c in enumerate(self.class_names)}).astype("int64")
-        self.sources = [domain_name(m) for m in present if domain_name(m) != self.target]
+        self.domains = [domain_name(m) for m in present]
+        missing = [d for d in self.requested_sources or () if d not in self.domains]
+        if missing:
+            raise ConfigError(f"data.sources={self.requested_sources}: {', '.join(missing)} has no images under {self.root}")
+        self.sources = self.requested_sources or [d for d in self.domains if d != self.target]
         # Training needs every class in every source, the paper's metric every class in the target test;
         # a class missing from some validation subset only makes that accuracy coarser.
         check_split_covers(
@@ -321,11 +356,6 @@ class BreakhisDataModule(pl.LightningDataModule):
             augment=self.do_augment,
         )
         return EpisodeStream(sampler, start_step=lambda: int(trainer.global_step) if trainer is not None else 0)
-
-    @property
-    def val_names(self) -> list[str]:
-        """Every magnification of the run: the sources, then the target."""
-        return [*self.sources, self.target]
 
     @property
     def val_sets(self) -> list[tuple[str, str]]:

@@ -25,5 +25,5 @@ def collect(model: nn.Module, dm: BreakhisDataModule, domain: str, split: str, d
         out["labels"].append(y.cpu())
         out["rows"].append(rows.cpu())
     model.train(was_training)
-    empty = torch.empty(0)
-    return {k: (torch.cat(v) if v else empty) for k, v in out.items()}
+    empty = {"labels": torch.empty(0, dtype=torch.long), "rows": torch.empty(0, dtype=torch.long)}
+    return {k: (torch.cat(v) if v else empty.get(k, torch.empty(0))) for k, v in out.items()}

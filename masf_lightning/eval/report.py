@@ -1,9 +1,16 @@
-"""After training: evaluate the selected checkpoint on every magnification and log what users look at."""
+"""After training: evaluate the selected checkpoint on every magnification and log what users look at.
+
+`evaluate` only orchestrates; each metric is a pure function in its own module (metrics, patient,
+retrieval, invariance, calibration). Headline numbers are top-level scalars so collect.py can
+tabulate them; per-patient and per-bin detail sits beside them as dicts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
@@ -11,16 +18,44 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
 from masf_lightning.data.datamodule import BreakhisDataModule
+from masf_lightning.eval.calibration import reliability
 from masf_lightning.eval.embeddings import collect
-from masf_lightning.eval.metrics import classification_metrics, knn_accuracy
-from masf_lightning.eval.plots import confusion_figure
+from masf_lightning.eval.invariance import class_gap, magnification_predictability
+from masf_lightning.eval.metrics import classification_metrics
+from masf_lightning.eval.patient import patient_metrics
+from masf_lightning.eval.retrieval import class_search, own_patient_search
+
+SPACES = ("features", "embeddings")  # F_ψ(x) and F_φ(F_ψ(x)); DeepAll has no F_φ
+MAP_KS = (5, 10)
+RECALL_KS = (1, 5, 10)
 
 
-def evaluate(module: DGModule, dm: BreakhisDataModule, ks: list[int]) -> dict[str, Any]:
-    """The paper's metric (target test accuracy) plus per-domain accuracy and cross-magnification k-NN."""
-    device = module.device
-    target_test = collect(module, dm, dm.target, "test", device)
-    cls = classification_metrics(target_test["logits"], target_test["labels"], dm.num_classes)
+class _Subsets:
+    """collect() of each (magnification, split) once, with each image's patient as an integer code."""
+
+    def __init__(self, module: DGModule, dm: BreakhisDataModule):
+        self.module, self.dm = module, dm
+        self.codes = torch.as_tensor(pd.factorize(dm.index["patient"])[0], dtype=torch.long)
+        self._cache: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+
+    def get(self, domain: str, split: str) -> dict[str, torch.Tensor]:
+        if (domain, split) not in self._cache:
+            res = collect(self.module, self.dm, domain, split, self.module.device)
+            res["patients"] = self.codes[res["rows"]]
+            res["magnification"] = torch.full((len(res["labels"]),), self.dm.domains.index(domain), dtype=torch.long)
+            self._cache[(domain, split)] = res
+        return self._cache[(domain, split)]
+
+    def cat(self, parts: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        got = [self.get(d, s) for d, s in parts]
+        return {k: torch.cat([g[k] for g in got]) for k in got[0]}
+
+
+def evaluate(module: DGModule, dm: BreakhisDataModule, ks: Sequence[int] = (1, 3, 5)) -> dict[str, Any]:
+    """Every metric of the selected model, as metrics.json holds them (`ks`: k of the top-k search vote)."""
+    sub = _Subsets(module, dm)
+    target = sub.get(dm.target, "test")
+    cls = classification_metrics(target["logits"], target["labels"], dm.num_classes)
     out: dict[str, Any] = {
         "target_test_acc": cls["acc"],
         "target_test_balanced_acc": cls["balanced_acc"],
@@ -28,51 +63,65 @@ def evaluate(module: DGModule, dm: BreakhisDataModule, ks: list[int]) -> dict[st
         "target_test_n": cls["n"],
         "target_test_confusion": cls["confusion"],
     }
-    source_val = []
-    for d in dm.sources:
-        res = collect(module, dm, d, "val", device)
-        source_val.append(classification_metrics(res["logits"], res["labels"], dm.num_classes)["acc"])
-    out["source_val_acc"] = float(sum(source_val) / len(source_val))
-    out["test_acc_by_domain"] = {}
-    for d in dm.sources:
-        res = collect(module, dm, d, "test", device)
-        out["test_acc_by_domain"][d] = classification_metrics(res["logits"], res["labels"], dm.num_classes)["acc"] if len(res["labels"]) else None
-    out["test_acc_by_domain"][dm.target] = cls["acc"]
-    reference = {k: torch.cat(v) for k, v in _stack([collect(module, dm, d, "train", device) for d in dm.sources]).items()}
-    for space in ("features", "embeddings"):
-        if len(target_test[space]) == 0:
-            for k in ks:
-                out[f"knn{k}_{space}_acc"] = None
-            continue
-        accs = knn_accuracy(target_test[space], target_test["labels"], reference[space], reference["labels"], ks)
-        for k in ks:
-            out[f"knn{k}_{space}_acc"] = accs[k]
+    out["source_val_acc"] = _mean([_acc(sub.get(d, "val"), dm) for d in dm.sources])
+    # every magnification's test split: sources (fit), target and, for single-source runs, the other unseen ones
+    out["test_acc_by_domain"] = {d: _acc(sub.get(d, "test"), dm) for d in dm.domains}
+    out["source_test_acc"] = _mean([out["test_acc_by_domain"][d] for d in dm.sources])
+
+    patients = dm.index["patient"].to_numpy()[target["rows"].numpy()].tolist()
+    out.update(patient_metrics(target["logits"], target["labels"], patients))
+    cal = reliability(target["logits"], target["labels"])
+    out["target_test_ece"], out["target_test_reliability"] = cal["ece"], cal["bins"]
+    out.update(_embedding_metrics(sub, dm, list(ks)))
     return out
 
 
-def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
-    return {k: [p[k] for p in parts] for k in parts[0]}
+def _embedding_metrics(sub: _Subsets, dm: BreakhisDataModule, ks: list[int]) -> dict[str, Any]:
+    """Search, own-patient search and invariance, for each representation the model has."""
+    query = sub.get(dm.target, "test")
+    # archive: every source-magnification image (any split), the query's own patient removed per query
+    archive = sub.cat([(d, s) for d in dm.sources for s in ("train", "val", "test")])
+    # the other magnifications of the test patients (plus other test patients as distractors)
+    same_patient = sub.cat([(d, "test") for d in dm.sources])
+    source_test = same_patient
+    all_test = sub.cat([(d, "test") for d in dm.domains])
+    out: dict[str, Any] = {"class_gap_by_class": {}}
+    for space in SPACES:
+        if len(query[space]) == 0:  # the model has no such space
+            out.update({f"knn{k}_{space}_acc": None for k in ks})
+            out.update({f"map{k}_{space}": None for k in MAP_KS})
+            out.update({f"own_patient_recall{k}_{space}": None for k in RECALL_KS})
+            out[f"mag_predictability_{space}"] = out[f"class_gap_{space}"] = None
+            continue
+        found = class_search(query[space], query["labels"], query["patients"], archive[space], archive["labels"], archive["patients"], ks, MAP_KS)
+        out.update({f"knn{k}_{space}_acc": v for k, v in found["vote"].items()})
+        out.update({f"map{k}_{space}": v for k, v in found["map"].items()})
+        own = own_patient_search(query[space], query["patients"], same_patient[space], same_patient["patients"], RECALL_KS)
+        out.update({f"own_patient_recall{k}_{space}": v for k, v in own["recall"].items()})
+        out["own_patient_n"] = own["n"]
+        out[f"mag_predictability_{space}"] = magnification_predictability(all_test[space], all_test["magnification"], all_test["patients"])
+        gap = class_gap(source_test[space], source_test["labels"], query[space], query["labels"])
+        out[f"class_gap_{space}"] = gap["mean"]
+        out["class_gap_by_class"][space] = {dm.class_names[c]: v for c, v in gap["per_class"].items()}
+    out["search_n"] = len(query["labels"])
+    return out
+
+
+def _acc(res: dict[str, torch.Tensor], dm: BreakhisDataModule) -> float | None:
+    return classification_metrics(res["logits"], res["labels"], dm.num_classes)["acc"] if len(res["labels"]) else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def log_to_tensorboard(trainer: pl.Trainer, module: DGModule, dm: BreakhisDataModule, metrics: dict[str, Any], cfg: DictConfig) -> None:
-    logger = trainer.logger
-    if not isinstance(logger, TensorBoardLogger):
-        return
-    exp = logger.experiment
-    fig = confusion_figure(metrics["target_test_confusion"], dm.class_names, f"{cfg.method.name} · target {dm.target} · test")
-    exp.add_figure("test/target_confusion", fig, global_step=trainer.global_step)
-    hp = {"method": cfg.method.name, "task": cfg.task, "target": dm.target, "seed": cfg.seed, "backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "steps": cfg.steps, "protocol": cfg.split.protocol, "selection": cfg.selection}
-    exp.add_hparams(hp, {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, float)}, run_name=".")
-    if cfg.eval.projector:
-        parts = [("test", dm.target)] + [("val", d) for d in dm.sources]
-        feats, meta = [], []
-        for split, d in parts:
-            res = collect(module, dm, d, split, module.device)
-            space = res["embeddings"] if len(res["embeddings"]) else res["features"]
-            feats.append(space)
-            rows = dm.index.iloc[res["rows"].numpy()]
-            meta += [[r.tumor_type, r.malignancy, f"{r.magnification}x", split, "target" if d == dm.target else "source"] for r in rows.itertuples()]
-        exp.add_embedding(torch.cat(feats), metadata=meta, metadata_header=["type", "malignancy", "magnification", "split", "role"], tag="target_test+source_val", global_step=trainer.global_step)
+    """The evaluation in the training run's TensorBoard folder (see eval/tensorboard.py)."""
+    from masf_lightning.eval.tensorboard import log_evaluation
+
+    if isinstance(trainer.logger, TensorBoardLogger):
+        log_evaluation(trainer.logger.experiment, module, dm, metrics, cfg, trainer.global_step)
 
 
 if __name__ == "__main__":

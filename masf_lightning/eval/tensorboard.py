@@ -1,0 +1,81 @@
+"""TensorBoard as a user meets it: the charts worth watching first, the evaluation as figures and a table.
+
+Custom Scalars puts the three MASF losses in one chart and the accuracy of every magnification in
+another; Lightning's constant `epoch` chart (episodic training has one epoch) is not written.
+Tags avoid characters a URL query would mangle (a `+` reaches the server as a space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from masf_lightning.eval.embeddings import collect
+from masf_lightning.eval.plots import confusion_figure, reliability_figure
+
+# Custom Scalars layout: category → chart → ("Multiline", tag regexes); shown in this order.
+LAYOUT: dict[str, dict[str, list[Any]]] = {
+    "training": {
+        "losses: L_cr (Eq. 3), L_gen (Eq. 7), L_tri (Eq. 8)": ["Multiline", [r"^train/(cr|gen|tri)$"]],
+        "total loss": ["Multiline", [r"^train/total$"]],
+    },
+    "accuracy per magnification (validation)": {
+        "accuracy per magnification": ["Multiline", [r"^val/\d+x/acc$"]],
+        "source mean (selects the checkpoint) and target": ["Multiline", [r"^val/(source|target)_acc$"]],
+        "target test during training: what the paper's code reported; selects nothing": ["Multiline", [r"^oracle/"]],
+    },
+}
+PROJECTOR_TAG = "target_test_and_source_val"
+PROJECTOR_HEADER = ["type", "malignancy", "magnification", "split", "role"]
+NOT_EVALUATION = ("wall_time_s", "oracle_target_test_acc")  # floats in metrics.json that training, not evaluation, made
+
+
+class TrainingLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger, writing the Custom Scalars layout first and no `epoch` scalar."""
+
+    _layout_written = False
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if not self._layout_written:
+            self.experiment.add_custom_scalars(LAYOUT)
+            self._layout_written = True
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
+def evaluation_table(metrics: Mapping[str, Any]) -> str:
+    """The headline evaluation numbers as a Markdown table for TensorBoard's Text tab."""
+    rows = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, float) and k not in NOT_EVALUATION]
+    return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in rows)])
+
+
+def log_evaluation(writer: Any, module: torch.nn.Module, dm: Any, metrics: Mapping[str, Any], cfg: DictConfig, step: int) -> None:
+    """Figures, the table, HParams and the projector of one evaluated checkpoint, at `step`."""
+    what = f"{cfg.method.name} · target {dm.target} · test"
+    writer.add_figure("test/target_confusion", confusion_figure(metrics["target_test_confusion"], dm.class_names, what), global_step=step)
+    writer.add_figure("test/target_reliability", reliability_figure(metrics["target_test_reliability"], metrics["target_test_ece"], what), global_step=step)
+    writer.add_text("test/metrics", evaluation_table(metrics), global_step=step)
+    hp = {
+        "method": cfg.method.name, "task": cfg.task, "target": dm.target, "sources": ",".join(dm.sources), "seed": cfg.seed,
+        "backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "steps": cfg.steps, "protocol": cfg.split.protocol, "selection": cfg.selection,
+    }  # fmt: skip
+    scalars = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, float) and k not in NOT_EVALUATION}
+    writer.add_hparams(hp, scalars, run_name=".")
+    if cfg.eval.projector:
+        log_projector(writer, module, dm, step)
+
+
+def log_projector(writer: Any, module: torch.nn.Module, dm: Any, step: int) -> None:
+    """Target test and source val vectors (F_φ when the model has it, else F_ψ) for the Projector tab."""
+    feats, meta = [], []
+    for split, d in [("test", dm.target)] + [("val", d) for d in dm.sources]:
+        res = collect(module, dm, d, split, module.device)
+        feats.append(res["embeddings"] if len(res["embeddings"]) else res["features"])
+        rows = dm.index.iloc[res["rows"].numpy()]
+        meta += [[r.tumor_type, r.malignancy, f"{r.magnification}x", split, "target" if d == dm.target else "source"] for r in rows.itertuples()]
+    writer.add_embedding(torch.cat(feats), metadata=meta, metadata_header=PROJECTOR_HEADER, tag=PROJECTOR_TAG, global_step=step)
