@@ -377,7 +377,11 @@ def _placement(index: pd.DataFrame, split: pd.Series, label_column: str, cls: st
     per_split = sides.drop_duplicates().groupby("split")["patient"].size()
     where = ", ".join(f"{int(per_split[s])} in {s}" for s in (*SPLITS, UNUSED) if s in per_split)
     n = sides["patient"].nunique()
-    return f" ({n} patient{'s' if n != 1 else ''}: {where})"
+    # 14-13412 is filed under DC and LC and goes wherever its majority type sends it: say so
+    labels = index.loc[index["patient"].isin(sides["patient"].unique()), [label_column, "patient"]]
+    others = labels[labels[label_column] != cls].groupby("patient")[label_column].unique()
+    also = "".join(f"; {p} is also filed under {', '.join(sorted(v))}" for p, v in others.items())
+    return f" ({n} patient{'s' if n != 1 else ''}: {where}{also})"
 
 
 def write_split_manifest(index: pd.DataFrame, split: pd.Series, path: str | os.PathLike[str]) -> None:
