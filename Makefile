@@ -9,7 +9,7 @@ TARGETS  := 40x,100x,200x,400x
 # glibc returns >32 MB buffers to the kernel on every free and faults them back each step; keep them
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=34359738368
 
-.PHONY: help install train test lint bench demo table1 table2 fig2 reproduce tensorboard clean
+.PHONY: help install train test lint bench demo data weights table1 table2 fig2 reproduce tensorboard clean
 
 help:
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,13 @@ define need_breakhis
 	@test -n "$(BREAKHIS)" || { echo "error: pass BREAKHIS=DIR (the folder holding BreaKHis_v1)" >&2; exit 2; }
 endef
 
+data: install ## download, verify and extract BreaKHis into BREAKHIS=DIR (BREAKHIS_URL=... for a mirror); no-op if DIR holds it
+	$(need_breakhis)
+	$(PY) -m masf_lightning.data.download $(BREAKHIS) $(if $(BREAKHIS_URL),--url $(BREAKHIS_URL))
+
+weights: install ## put the ImageNet AlexNet and ResNet-18 files in the torch hub cache (under TORCH_HOME if set), e.g. before an offline cluster run
+	$(PY) -c 'from masf_lightning.models.backbones import download_main; raise SystemExit(download_main())'
+
 table1: install ## Table 1 (8 tumour types): BREAKHIS=DIR, AlexNet + ImageNet, 4 targets x 2 methods x 3 seeds
 	$(need_breakhis)
 	$(PY) train.py -m experiment=paper_tumor_type data.root=$(BREAKHIS) method=masf,deepall target=$(TARGETS) seed=$(SEEDS) progress=false
@@ -63,7 +70,7 @@ fig2: install ## Fig. 2: embedding of the test images, target 400x, malignancy (
 	$(PY) experiments/plot_embeddings.py multirun/paper/malignancy/masf/400x/seed0 --out results/fig2
 	@echo "Fig. 2: results/fig2.png (.pdf)"
 
-reproduce: table1 table2 fig2 ## all of the paper's artefacts: BREAKHIS=DIR
+reproduce: data table1 table2 fig2 ## all of the paper's artefacts: BREAKHIS=DIR (downloaded there first if absent)
 
 tensorboard: install ## watch runs in outputs/ and multirun/
 	$(VENV)/bin/tensorboard --logdir . --reload_multifile true
