@@ -53,6 +53,8 @@ def test_reevaluate_keeps_training_keys_and_recomputes_evaluation(run_dir: Path,
     for key in ("wall_time_s", "resumed", "oracle_target_test_acc", "note_from_training", "selected_step", "selected_checkpoint"):
         assert new[key] == stale[key], key
     assert not list(run.glob(".metrics.json.*")), "atomic write left a temporary file"
+    tb = run / "tb" / "reevaluation"
+    assert list(tb.glob("events.out.tfevents.*")) and "target_test_and_source_val" in (tb / "projector_config.pbtxt").read_text()
 
 
 def test_a_folder_of_runs_is_searched(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,13 +5,15 @@
 Re-evaluation rebuilds the run's datamodule and model from its resolved config (nothing is retrained,
 the image cache is reused), loads the checkpoint the run selected, re-runs `evaluate` and rewrites
 metrics.json atomically: every training key (selected_step, oracle_*, wall_time_s, resumed, ...) is
-kept, every evaluation key is replaced or added. A folder that is not a run is searched for runs.
+kept, every evaluation key is replaced or added; TensorBoard gets the new figures and numbers under
+RUN_DIR/tb/reevaluation. A folder that is not a run is searched for runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,10 +28,12 @@ from masf_lightning.data.datamodule import BreakhisDataModule
 from masf_lightning.data.splits import read_split_manifest
 from masf_lightning.errors import ConfigError, DataError, MasfError
 from masf_lightning.eval.report import evaluate
+from masf_lightning.eval.tensorboard import log_evaluation
 from masf_lightning.io import write_json_atomic
 from masf_lightning.pipeline import METRICS_FILE, RUN_CONFIG_FILE, build_datamodule, build_module
 
 DEFAULT_KS = (1, 3, 5)
+REEVALUATION_DIR = "reevaluation"
 
 
 def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -138,7 +142,23 @@ def reevaluate(run_dir: Path, overrides: Sequence[str] = (), device: str | None 
         raise DataError(f"{run.checkpoint} holds step {run.step}, metrics.json says selected_step={old['selected_step']}: the checkpoint was replaced")
     new = {**old, **evaluate(run.module, run.dm, list(ks))}
     write_json_atomic(path, new)
+    log_reevaluation(run_dir, run, new)
     return old, new
+
+
+def log_reevaluation(run_dir: Path, run: LoadedRun, metrics: dict[str, Any]) -> Path:
+    """The new evaluation in TensorBoard as its own run beside the training one (tb/reevaluation).
+
+    Its own folder, rebuilt each time: writing into tb/ would add a second point at the same step
+    to every evaluation chart and overwrite the training projector's config.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    log_dir = run_dir / "tb" / REEVALUATION_DIR
+    shutil.rmtree(log_dir, ignore_errors=True)
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        log_evaluation(writer, run.module, run.dm, metrics, run.cfg, run.step)
+    return log_dir
 
 
 def find_run_dirs(paths: Sequence[Path]) -> list[Path]:

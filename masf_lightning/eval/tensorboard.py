@@ -22,7 +22,9 @@ from masf_lightning.eval.plots import confusion_figure, reliability_figure
 LAYOUT: dict[str, dict[str, list[Any]]] = {
     "training": {
         "losses: L_cr (Eq. 3), L_gen (Eq. 7), L_tri (Eq. 8)": ["Multiline", [r"^train/(cr|gen|tri)$"]],
-        "total loss": ["Multiline", [r"^train/total$"]],
+        "meta objective β1·L_gen + β2·L_tri (Eq. 10)": ["Multiline", [r"^train/(meta|total)$"]],
+        "‖∇ψ‖ of each loss": ["Multiline", [r"^grad_norm/"]],
+        "diagnostics": ["Multiline", [r"^diag/"]],
     },
     "accuracy per magnification (validation)": {
         "accuracy per magnification": ["Multiline", [r"^val/\d+x/acc$"]],
@@ -33,6 +35,13 @@ LAYOUT: dict[str, dict[str, list[Any]]] = {
 PROJECTOR_TAG = "target_test_and_source_val"
 PROJECTOR_HEADER = ["type", "malignancy", "magnification", "split", "role"]
 NOT_EVALUATION = ("wall_time_s", "oracle_target_test_acc")  # floats in metrics.json that training, not evaluation, made
+# HParams compares runs on these (one point each, so only the headline of each family); the Text tab has all.
+HEADLINE = (
+    "target_test_acc", "target_test_balanced_acc", "source_val_acc", "source_test_acc",
+    "patient_recognition_rate", "patient_vote_acc", "target_test_ece",
+    *(key.format(space) for space in ("features", "embeddings")
+      for key in ("knn1_{}_acc", "map10_{}", "own_patient_recall1_{}", "mag_predictability_{}", "class_gap_{}")),
+)  # fmt: skip
 
 
 class TrainingLogger(TensorBoardLogger):
@@ -64,7 +73,7 @@ def log_evaluation(writer: Any, module: torch.nn.Module, dm: Any, metrics: Mappi
         "method": cfg.method.name, "task": cfg.task, "target": dm.target, "sources": ",".join(dm.sources), "seed": cfg.seed,
         "backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "steps": cfg.steps, "protocol": cfg.split.protocol, "selection": cfg.selection,
     }  # fmt: skip
-    scalars = {f"test/{k}": v for k, v in metrics.items() if isinstance(v, float) and k not in NOT_EVALUATION}
+    scalars = {f"test/{k}": metrics[k] for k in HEADLINE if isinstance(metrics.get(k), float)}
     writer.add_hparams(hp, scalars, run_name=".")
     if cfg.eval.projector:
         log_projector(writer, module, dm, step)
