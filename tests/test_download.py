@@ -13,7 +13,7 @@ import re
 import socket
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,8 +40,12 @@ class Served:
     requests: list[tuple[str, str | None]] = field(default_factory=list)
 
 
+Server = tuple[Served, str]  # the state and the base URL
+Capture = pytest.CaptureFixture[str]
+
+
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         state: Served = self.server.state  # type: ignore[attr-defined]
         state.requests.append((self.path, self.headers.get("Range")))
         body = state.files.get(self.path)
@@ -75,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[Served, str]]:
+def server() -> Iterator[Server]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.state = Served()  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
@@ -91,7 +95,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def tarball(src: Path, extra: list[tuple[tarfile.TarInfo, bytes]] = ()) -> bytes:
+def tarball(src: Path, extra: Sequence[tuple[tarfile.TarInfo, bytes]] = ()) -> bytes:
     """A gzipped BreaKHis_v1 tree (10 patient folders x 4 magnifications x 1 PNG), plus `extra` members."""
     write_breakhis_tree(src, per_mag=1)
     buf = io.BytesIO()
@@ -110,7 +114,7 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
-def test_download_extract_index_then_nothing_to_do(server, tmp_path: Path, capsys) -> None:
+def test_download_extract_index_then_nothing_to_do(server: Server, tmp_path: Path, capsys: Capture) -> None:
     state, base = server
     state.files["/" + NAME] = data = tarball(tmp_path / "src")
     out = tmp_path / "data"
@@ -123,7 +127,11 @@ def test_download_extract_index_then_nothing_to_do(server, tmp_path: Path, capsy
     assert "differs from the official BreaKHis v1 counts (7,909 images, 82 patient folders)" in printed
     assert "images: 40 (official 7,909)" in printed and "patient folders: 10 (official 82)" in printed
     assert len(index_breakhis(out)) == 40
-    assert sorted(p.name for p in out.iterdir()) == ["BreaKHis_v1", NAME, NAME + ".json"]  # no .part, no staging
+    assert sorted(p.name for p in out.iterdir()) == [
+        "BreaKHis_v1",
+        NAME,
+        NAME + ".json",
+    ]  # no .part, no staging
     # second run: verified archive + extracted tree -> no request, nothing written
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert run(out, base + "/" + NAME) == 0
@@ -132,7 +140,7 @@ def test_download_extract_index_then_nothing_to_do(server, tmp_path: Path, capsy
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
-def test_dropped_connection_resumes_on_next_run(server, tmp_path: Path, capsys) -> None:
+def test_dropped_connection_resumes_on_next_run(server: Server, tmp_path: Path, capsys: Capture) -> None:
     state, base = server
     state.files["/" + NAME] = data = tarball(tmp_path / "src")
     state.drops = 1
@@ -149,7 +157,7 @@ def test_dropped_connection_resumes_on_next_run(server, tmp_path: Path, capsys) 
     assert len(index_breakhis(out)) == 40
 
 
-def test_retries_resume_within_one_run(server, tmp_path: Path) -> None:
+def test_retries_resume_within_one_run(server: Server, tmp_path: Path) -> None:
     state, base = server
     state.files["/" + NAME] = data = tarball(tmp_path / "src")
     state.drops = 2
@@ -160,7 +168,7 @@ def test_retries_resume_within_one_run(server, tmp_path: Path) -> None:
     assert (out / NAME).read_bytes() == data
 
 
-def test_server_without_range_starts_over(server, tmp_path: Path, capsys) -> None:
+def test_server_without_range_starts_over(server: Server, tmp_path: Path, capsys: Capture) -> None:
     state, base = server
     state.files["/" + NAME] = data = tarball(tmp_path / "src")
     state.ranges, state.drops = False, 1
@@ -172,7 +180,7 @@ def test_server_without_range_starts_over(server, tmp_path: Path, capsys) -> Non
     assert (out / NAME).read_bytes() == data
 
 
-def test_partial_file_of_another_address_is_not_resumed(server, tmp_path: Path) -> None:
+def test_partial_file_of_another_address_is_not_resumed(server: Server, tmp_path: Path) -> None:
     state, base = server
     state.files["/a/" + NAME] = state.files["/b/" + NAME] = data = tarball(tmp_path / "src")
     state.drops = 1
@@ -184,7 +192,9 @@ def test_partial_file_of_another_address_is_not_resumed(server, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("kind", ["not_gzip", "truncated", "size_differs_from_record"])
-def test_corrupt_archive_is_refused_and_nothing_extracted(kind: str, server, tmp_path: Path, capsys) -> None:
+def test_corrupt_archive_is_refused_and_nothing_extracted(
+    kind: str, server: Server, tmp_path: Path, capsys: Capture
+) -> None:
     state, base = server
     data = tarball(tmp_path / "src")
     out = tmp_path / "data"
@@ -200,7 +210,11 @@ def test_corrupt_archive_is_refused_and_nothing_extracted(kind: str, server, tmp
     capsys.readouterr()
     assert run(out, base + "/" + NAME) == 2
     errors = error_lines(capsys.readouterr().err)
-    want = {"not_gzip": "did not serve a gzip archive", "truncated": "truncated or corrupt", "size_differs_from_record": "recorded"}
+    want = {
+        "not_gzip": "did not serve a gzip archive",
+        "truncated": "truncated or corrupt",
+        "size_differs_from_record": f"has {len(data) - 10} bytes but {NAME}.json recorded {len(data)}",
+    }
     assert len(errors) == 1 and want[kind] in errors[0], errors
     assert not (out / "BreaKHis_v1").exists() and not (out / download.STAGING).exists()
     if kind == "not_gzip":
@@ -221,7 +235,9 @@ def _bad_member(kind: str, outside: Path) -> tuple[tarfile.TarInfo, bytes]:
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
-def test_unsafe_member_is_refused_and_nothing_written(kind: str, server, tmp_path: Path, capsys) -> None:
+def test_unsafe_member_is_refused_and_nothing_written(
+    kind: str, server: Server, tmp_path: Path, capsys: Capture
+) -> None:
     state, base = server
     outside = tmp_path / "outside"
     info, payload = _bad_member(kind, outside)
@@ -234,14 +250,16 @@ def test_unsafe_member_is_refused_and_nothing_written(kind: str, server, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == [NAME, NAME + ".json"]  # no tree, no staging
 
 
-def test_http_404_is_one_line(server, tmp_path: Path, capsys) -> None:
+def test_http_404_is_one_line(server: Server, tmp_path: Path, capsys: Capture) -> None:
     _, base = server
     assert run(tmp_path / "data", base + "/missing.tar.gz") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "HTTP 404" in err and "by hand" in err
 
 
-def test_offline_is_one_line_without_retrying(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_offline_is_one_line_without_retrying(
+    tmp_path: Path, capsys: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_retry(seconds: float) -> None:
         raise AssertionError("retried an unreachable server")
 
@@ -251,13 +269,26 @@ def test_offline_is_one_line_without_retrying(tmp_path: Path, capsys, monkeypatc
     assert err.count("\n") == 1 and "cannot reach the server" in err and "by hand" in err
 
 
-def test_existing_tree_needs_no_network(tmp_path: Path, capsys) -> None:
-    write_breakhis_tree(tmp_path, prefix=("BreaKHis_v1", "BreaKHis_v1", "histology_slides", "breast"))  # Kaggle copy
+def test_existing_tree_needs_no_network(tmp_path: Path, capsys: Capture) -> None:
+    write_breakhis_tree(
+        tmp_path, prefix=("BreaKHis_v1", "BreaKHis_v1", "histology_slides", "breast")
+    )  # Kaggle copy
     assert run(tmp_path, f"http://127.0.0.1:{closed_port()}/{NAME}") == 0
     assert "nothing to download" in capsys.readouterr().out
 
 
-def test_foreign_folder_is_not_replaced(tmp_path: Path, capsys) -> None:
+def test_archive_by_hand_and_a_killed_extraction(tmp_path: Path) -> None:
+    """An archive put in DIR by hand is recorded and extracted offline; a staging folder left by a killed
+    extraction (a half tree) is neither taken for the data nor kept."""
+    out = tmp_path / "data"
+    (out / download.STAGING / "BreaKHis_v1" / "histology_slides" / "breast" / "benign").mkdir(parents=True)
+    (out / NAME).write_bytes(tarball(tmp_path / "src"))
+    assert run(out, f"http://127.0.0.1:{closed_port()}/{NAME}") == 0
+    assert json.loads((out / (NAME + ".json")).read_text())["url"] is None
+    assert not (out / download.STAGING).exists() and len(index_breakhis(out)) == 40
+
+
+def test_foreign_folder_is_not_replaced(tmp_path: Path, capsys: Capture) -> None:
     (tmp_path / "BreaKHis_v1").mkdir()
     (tmp_path / "BreaKHis_v1" / "notes.txt").write_text("mine")
     assert run(tmp_path, f"http://127.0.0.1:{closed_port()}/{NAME}") == 2
@@ -275,7 +306,9 @@ def _weight_file() -> tuple[str, bytes]:
     return f"/tiny-{hashlib.sha256(data).hexdigest()[:8]}.pth", data
 
 
-def test_weights_download_into_hub_cache(server, tmp_path: Path, monkeypatch) -> None:
+def test_weights_download_into_hub_cache(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state, base = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     name, data = _weight_file()
@@ -285,7 +318,9 @@ def test_weights_download_into_hub_cache(server, tmp_path: Path, monkeypatch) ->
     assert backbones.fetch_weights(base + name, progress=False) == path and len(state.requests) == 1
 
 
-def test_weights_with_a_wrong_hash_never_reach_the_cache(server, tmp_path: Path, monkeypatch) -> None:
+def test_weights_with_a_wrong_hash_never_reach_the_cache(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state, base = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     _, data = _weight_file()
@@ -295,7 +330,9 @@ def test_weights_with_a_wrong_hash_never_reach_the_cache(server, tmp_path: Path,
     assert list((tmp_path / "torch" / "hub" / "checkpoints").iterdir()) == []
 
 
-def test_imagenet_weights_unavailable_is_one_line(server, tmp_path: Path, monkeypatch) -> None:
+def test_imagenet_weights_unavailable_is_one_line(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state, base = server
     folder = tmp_path / "torch" / "hub" / "checkpoints"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -310,7 +347,9 @@ def test_imagenet_weights_unavailable_is_one_line(server, tmp_path: Path, monkey
         backbones.resnet18()
 
 
-def test_make_weights(server, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_make_weights(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
+) -> None:
     state, base = server
     folder = tmp_path / "torch" / "hub" / "checkpoints"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -60,16 +60,22 @@ def test_700x456_originals_are_cropped_and_normalized_like_the_others(tmp_path: 
     original = decode_rgb_file(root / index.at[short, "path"])[0]
     assert original.shape == (3, 456, 700)
     # center_crop (the paper's code): the central 456² square, then its central 227²
-    cached = build_cache(root, index, None, Geometry("center_crop", 227), tmp_path / "c1", num_workers=1, progress=False)
+    cached = build_cache(
+        root, index, None, Geometry("center_crop", 227), tmp_path / "c1", num_workers=1, progress=False
+    )
     assert cached.images.shape == (4, 3, 227, 227)
     top, left = (456 - 227) // 2, (700 - 456) // 2 + (456 - 227) // 2
     assert torch.equal(cached.images[short], original[:, top : top + 227, left : left + 227])
     # Reinhard uses each image's own whole-image statistics, whatever its height
     reinhard = ReinhardNormalizer().fit(decode_rgb_file(root / index.at[0, "path"])[0])
-    cached = build_cache(root, index, reinhard, Geometry("center_crop", 227), tmp_path / "c2", num_workers=1, progress=False)
+    cached = build_cache(
+        root, index, reinhard, Geometry("center_crop", 227), tmp_path / "c2", num_workers=1, progress=False
+    )
     alone = reinhard(original[None])[0, :, top : top + 227, left : left + 227]
     assert torch.equal(cached.images[short], alone)
-    resized = build_cache(root, index, None, Geometry("resize", 64), tmp_path / "c3", num_workers=1, progress=False)
+    resized = build_cache(
+        root, index, None, Geometry("resize", 64), tmp_path / "c3", num_workers=1, progress=False
+    )
     assert resized.images.shape == (4, 3, 64, 64)
 
 
@@ -90,9 +96,15 @@ def test_duplicated_patient_and_year_15_patients_in_index_and_split(tmp_path: Pa
     ("patients", "needle"),
     [
         (QUIRKY, "could not place any patient in 'val'"),  # two patients per type: nothing left for val
-        ([p for p in QUIRKY if p != ("MC", "14-7001")], "class 'MC' with no images in domain 400x, split 'test' (1 patient: 1 in train)"),
+        (
+            [p for p in QUIRKY if p != ("MC", "14-7001")],
+            "class 'MC' with no images in domain 400x, split 'test' (1 patient: 1 in train)",
+        ),
         # LC's second patient is 14-13412, split as DC (its tie-broken majority type), here into train
-        (QUIRKY[:], "class 'LC' with no images in domain 400x, split 'test' (2 patients: 2 in train; 14-13412 is also filed under DC)"),
+        (
+            QUIRKY[:],
+            "class 'LC' with no images in domain 400x, split 'test' (2 patients: 2 in train; 14-13412 is also filed under DC)",
+        ),
     ],
 )
 def test_types_with_few_patients_say_what_could_not_be_placed(patients, needle: str, tmp_path: Path) -> None:
@@ -114,4 +126,3 @@ def test_train_py_on_the_quirky_tree_stops_with_one_line(tmp_path: Path) -> None
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not place any patient in 'val'" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "metrics.json").exists()
-

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Sequence
 from http.client import HTTPException
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
@@ -63,7 +64,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int] | None:
     return (int(m[1]) if m[1] is not None else None), int(m[3])
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     """A small JSON record of ours, None when absent; unreadable means damaged, which the caller reports."""
     if not path.is_file():
         return None
@@ -74,10 +75,20 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _bytes_bar(desc: str, total: int | None, progress: bool, initial: int = 0) -> tqdm:
+    """Bytes done, rate and ETA on stderr."""
+    return tqdm(
+        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+        disable=not progress, dynamic_ncols=True,
+    )  # fmt: skip
+
+
 def _check_space(folder: Path, need: int) -> None:
     free = shutil.disk_usage(folder).free
     if need > free:
-        raise DataError(f"{folder} has {free / 2**30:.1f} GiB free; the download needs {need / 2**30:.1f} GiB more")
+        raise DataError(
+            f"{folder} has {free / 2**30:.1f} GiB free; the download needs {need / 2**30:.1f} GiB more"
+        )
 
 
 def _fetch_once(url: str, part: Path, meta_path: Path, timeout: float, progress: bool) -> None:
@@ -119,7 +130,10 @@ def _fetch_once(url: str, part: Path, meta_path: Path, timeout: float, progress:
             mode, total = "ab", parsed[1]
         else:
             if have:  # Range ignored, or If-Range saw a changed file: the body is the whole file
-                print(f"{url}: the server sent the whole file instead of the rest; starting over", file=sys.stderr)
+                print(
+                    f"{url}: the server sent the whole file instead of the rest; starting over",
+                    file=sys.stderr,
+                )
             mode, have = "wb", 0
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -129,8 +143,7 @@ def _fetch_once(url: str, part: Path, meta_path: Path, timeout: float, progress:
             _check_space(part.parent, total - have)
         with (
             open(part, mode) as fh,
-            tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=ARCHIVE, disable=not progress, dynamic_ncols=True) as bar,
+            _bytes_bar(ARCHIVE, total, progress, initial=have) as bar,
         ):
             try:
                 while chunk := response.read(CHUNK):
@@ -147,7 +160,13 @@ def _fetch_once(url: str, part: Path, meta_path: Path, timeout: float, progress:
 
 
 def fetch(
-    url: str, dest: Path, *, retries: int = 3, backoff: float = 2.0, timeout: float = 60.0, progress: bool = True
+    url: str,
+    dest: Path,
+    *,
+    retries: int = 3,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
 ) -> None:
     """Download `url` to `dest` through `dest`.part, retrying transient failures with doubling back-off."""
     part = dest.with_name(dest.name + ".part")
@@ -170,7 +189,7 @@ def fetch(
             raise DataError(f"downloading {url} failed: {exc}; {manual_steps(url, dest.parent)}") from None
     with open(part, "rb") as fh:
         head = fh.read(16)
-    if not head.startswith(GZIP_MAGIC):  # an HTML error page or a captive portal, not the archive: no point resuming it
+    if not head.startswith(GZIP_MAGIC):  # an HTML error page or a captive portal: no point resuming it
         part.unlink()
         meta_path.unlink(missing_ok=True)
         raise DataError(
@@ -183,22 +202,24 @@ def fetch(
 
 def sha256_of(path: Path, progress: bool = True) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                                      desc="sha256", disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        open(path, "rb") as fh,
+        _bytes_bar("sha256", path.stat().st_size, progress) as bar,
+    ):
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
     return digest.hexdigest()
 
 
-def verify_archive(archive: Path, url: str | None, progress: bool = True) -> dict[str, object]:
+def verify_archive(archive: Path, url: str | None, progress: bool = True) -> dict[str, Any]:
     """Check `archive` against its record (size, SHA-256), or record it when it has none (placed by hand)."""
     record_path = archive.with_name(archive.name + ".json")
     record = _read_json(record_path)
     size = archive.stat().st_size
     if record is not None and record.get("size") != size:
         raise DataError(
-            f"{archive} has {size:,} bytes but {record_path.name} recorded {record.get('size'):,}; "
+            f"{archive} has {size} bytes but {record_path.name} recorded {record.get('size')}; "
             "it is damaged: delete both files and run again"
         )
     digest = sha256_of(archive, progress)
@@ -243,8 +264,7 @@ def extract(archive: Path, folder: Path, progress: bool = True) -> Path:
         with (
             open(archive, "rb") as raw,
             tarfile.open(fileobj=raw, mode="r:gz") as tar,
-            tqdm(total=archive.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc="extract", disable=not progress, dynamic_ncols=True) as bar,
+            _bytes_bar("extract", archive.stat().st_size, progress) as bar,
         ):
             for member in tar:
                 reason = _refusal(member)
@@ -258,20 +278,17 @@ def extract(archive: Path, folder: Path, progress: bool = True) -> Path:
         tree = staging / TREE
         if not tree.is_dir():
             found = sorted(p.name for p in staging.iterdir())[:5]
-            raise DataError(f"{archive} holds no {TREE} folder (top level: {found}); it is not the BreaKHis archive")
+            raise DataError(
+                f"{archive} holds no {TREE} folder (top level: {found}); it is not the BreaKHis archive"
+            )
         os.replace(tree, folder / TREE)
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         member = getattr(exc, "tarinfo", None)  # tarfile's data filter refused what _refusal let through
         if member is not None:
             raise DataError(
                 f"{archive}: member {member.name!r} refused by tarfile's data filter ({exc}); "
                 f"nothing extracted into {folder}; the archive is damaged or not BreaKHis"
             ) from None
-        raise DataError(
-            f"{archive} is truncated or corrupt ({type(exc).__name__}: {exc}); nothing extracted into {folder}; "
-            "delete it and run again"
-        ) from None
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(
             f"{archive} is truncated or corrupt ({type(exc).__name__}: {exc}); nothing extracted into {folder}; "
             "delete it and run again"
@@ -283,8 +300,15 @@ def extract(archive: Path, folder: Path, progress: bool = True) -> Path:
     return folder / TREE
 
 
-def prepare(folder: Path, url: str = OFFICIAL_URL, *, retries: int = 3, backoff: float = 2.0,
-            timeout: float = 60.0, progress: bool = True) -> None:
+def prepare(
+    folder: Path,
+    url: str = OFFICIAL_URL,
+    *,
+    retries: int = 3,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> None:
     """Make `folder` hold an extracted, verified BreaKHis v1; do nothing more when it already does."""
     check_writable_dir(folder, "DIR")
     folder.mkdir(parents=True, exist_ok=True)
@@ -299,11 +323,14 @@ def prepare(folder: Path, url: str = OFFICIAL_URL, *, retries: int = 3, backoff:
             verify_archive(archive, None, progress)
         return
     if (folder / TREE).exists():  # not ours to replace: it may be a user's partial copy
-        raise DataError(f"{folder / TREE} exists but holds no BreaKHis tree; move it away or choose another DIR")
-    if not archive.is_file():
+        raise DataError(
+            f"{folder / TREE} exists but holds no BreaKHis tree; move it away or choose another DIR"
+        )
+    fresh = not archive.is_file()  # else placed by hand, or downloaded by an earlier run
+    if fresh:
         print(f"downloading {url} into {folder}")
         fetch(url, archive, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
-    verify_archive(archive, url, progress)
+    verify_archive(archive, url if fresh else None, progress)
     tree = extract(archive, folder, progress)
     print(f"extracted {tree}")
 
@@ -311,16 +338,30 @@ def prepare(folder: Path, url: str = OFFICIAL_URL, *, retries: int = 3, backoff:
 def main(argv: Sequence[str] | None = None) -> int:
     """Download, verify and extract BreaKHis v1 into DIR, then print the index report."""
     parser = argparse.ArgumentParser(prog="python -m masf_lightning.data.download", description=main.__doc__)
-    parser.add_argument("dir", type=Path, help="folder to hold BreaKHis_v1.tar.gz and the extracted BreaKHis_v1")
-    parser.add_argument("--url", default=OFFICIAL_URL, help=f"archive address, e.g. a mirror (default {OFFICIAL_URL})")
-    parser.add_argument("--retries", type=int, default=3, help="retries after a dropped connection (default 3)")
-    parser.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry, doubled each time")
+    parser.add_argument(
+        "dir", type=Path, help="folder to hold BreaKHis_v1.tar.gz and the extracted BreaKHis_v1"
+    )
+    parser.add_argument(
+        "--url", default=OFFICIAL_URL, help=f"archive address, e.g. a mirror (default {OFFICIAL_URL})"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="retries after a dropped connection (default 3)"
+    )
+    parser.add_argument(
+        "--backoff", type=float, default=2.0, help="seconds before the first retry, doubled each time"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = parser.parse_args(argv)
     try:
-        prepare(args.dir, args.url, retries=args.retries, backoff=args.backoff, timeout=args.timeout,
-                progress=args.progress)
+        prepare(
+            args.dir,
+            args.url,
+            retries=args.retries,
+            backoff=args.backoff,
+            timeout=args.timeout,
+            progress=args.progress,
+        )
     except MasfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
