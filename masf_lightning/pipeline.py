@@ -52,8 +52,8 @@ def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModul
     )
 
 
-# Keys of a backbone config that tell the data pipeline and the optimizer, not the network builder.
-BACKBONE_DATA_KEYS = ("cache_size", "input_size", "geometry", "lr")
+# Keys of a backbone config that tell the data pipeline, the optimizer and MASF, not the network builder.
+BACKBONE_DATA_KEYS = ("cache_size", "input_size", "geometry", "lr", "masf")
 
 
 def build_module(cfg: DictConfig, num_classes: int) -> DGModule:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -10,9 +11,27 @@ def make_classifier(feature_dim: int, num_classes: int) -> nn.Module:
     return nn.Linear(feature_dim, num_classes)
 
 
-def make_embedder(feature_dim: int, hidden_dim: int = 1024, embedding_dim: int = 256, final_activation: bool = True) -> nn.Module:
+class L2Normalize(nn.Module):
+    """Embeddings on the unit sphere (FaceNet, the paper's ref. [12]): Eq. 8's squared distances lie in [0, 4]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1)
+
+
+def make_embedder(
+    feature_dim: int, hidden_dim: int = 1024, embedding_dim: int = 256, final_activation: bool = True, normalize: bool = False
+) -> nn.Module:
     """F_φ: 4096 → 1024 → LeakyReLU(0.2) → 256 → LeakyReLU(0.2), as MASF's public code builds its metric net
     (`masf_func.py`: both fully connected layers are followed by a leaky ReLU, slope 0.2, so the 256-d
-    embedding is LeakyReLU'd too); `final_activation=False` leaves the embedding linear."""
+    embedding is LeakyReLU'd too); `final_activation=False` leaves the embedding linear.
+
+    `normalize=True` puts the embedding on the unit sphere. Unnormalized (the paper and its code), Eq. 8 has
+    an escape: F_φ can meet any margin by scaling embeddings up, and the triplet gradient reaching ψ grows
+    with that scale (docs/results.md, "loss balance").
+    """
     layers: list[nn.Module] = [nn.Linear(feature_dim, hidden_dim), nn.LeakyReLU(0.2), nn.Linear(hidden_dim, embedding_dim)]
-    return nn.Sequential(*layers, *([nn.LeakyReLU(0.2)] if final_activation else []))
+    if final_activation:
+        layers.append(nn.LeakyReLU(0.2))
+    if normalize:
+        layers.append(L2Normalize())
+    return nn.Sequential(*layers)
