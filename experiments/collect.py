@@ -1,11 +1,14 @@
-"""Tables 1 and 2 of the paper from finished runs: target accuracy per (method, target), mean ± std over seeds.
+"""Tables 1 and 2 of the paper from finished runs, and a table per metric family, mean ± std over seeds.
 
     python experiments/collect.py multirun/ [more dirs...] [--out results/table] [--expect-seeds 3]
 
-Reads every `metrics.json` below the given folders and prints one Markdown table per
-(task, protocol, selection, backbone, steps, data) group; `--out PREFIX` also writes PREFIX.md,
-PREFIX.csv and PREFIX.tex. Runs that never finished, failed with a NaN accuracy, were resumed, or
-duplicate a seed are listed under their table, never silently averaged over.
+Reads every `metrics.json` below the given folders (masf_lightning/eval/results.py) and prints, per
+(task, protocol, selection, backbone, steps, data) group: target accuracy per (method, row) with the
+paper's numbers where they apply, then one table per metric family (fit vs generalization, patient
+level, search, invariance, calibration), each with paired MASF − DeepAll intervals, and last, apart,
+what the paper's code reported (best test accuracy during training). `--out PREFIX` also writes
+PREFIX.md, PREFIX.csv (every number, long format) and PREFIX.tex (the accuracy tables). Runs that never
+finished, failed with a NaN accuracy, were resumed, or duplicate a seed are listed, never averaged over.
 """
 
 from __future__ import annotations
@@ -13,23 +16,26 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from masf_lightning.eval.results import METRICS_FILE, TARGET_ORDER, Group, Run, find_runs
+from masf_lightning.eval.stats import mean_std, t_interval
 from masf_lightning.io import write_text_atomic
 
-METRICS_FILE = "metrics.json"
-RUN_CONFIG_FILE = "run_config.json"
-TARGET_ORDER = ("40x", "100x", "200x", "400x")
-METHOD_ORDER = ("masf", "deepall", "masf_no_gen", "masf_no_tri")
-METHOD_TITLES = {"masf": "MASF", "deepall": "DeepAll", "masf_no_gen": "MASF no-gen (β1=0)", "masf_no_tri": "MASF no-tri (β2=0)"}
-TASK_ORDER = ("tumor_type", "malignancy")
+METHOD_ORDER = ("masf", "masf_joint", "deepall", "masf_no_gen", "masf_no_gen_joint", "masf_no_tri", "masf_no_tri_joint")
+METHOD_TITLES = {
+    "masf": "MASF", "masf_joint": "MASF (joint, Eq. 11 literal)", "deepall": "DeepAll",
+    "masf_no_gen": "MASF no-gen (β1=0)", "masf_no_gen_joint": "MASF no-gen (β1=0, joint)",
+    "masf_no_tri": "MASF no-tri (β2=0)", "masf_no_tri_joint": "MASF no-tri (β2=0, joint)",
+}  # fmt: skip
+PAIRED = ("masf", "masf_joint")  # each MASF variant against DeepAll, seed by seed
 DASH = "–"
+ACC = "target_test_acc"
+ORACLE = "oracle_target_test_acc"
 
 # Tables 1 (tumor_type) and 2 (malignancy) of Sikaroudi et al.: accuracy %, (mean, ±) per target.
 # The paper does not say whether ± is a standard deviation or an error of the mean.
@@ -46,226 +52,57 @@ PAPER: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
 PAPER_TABLE = {"tumor_type": "Table 1", "malignancy": "Table 2"}
 PAPER_PROTOCOL = "paper"
 
-# Two-sided 95 % Student t quantiles t_{0.975, df}, df = 1..30 (scipy is not a dependency).
-T975 = (
-    12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
-    2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688, 2.131449546, 2.119905299,
-    2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
-    2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456,
+
+@dataclass(frozen=True)
+class Family:
+    """Metrics read together; `scale` 100 shows a fraction in percent."""
+
+    title: str
+    note: str
+    metrics: tuple[tuple[str, str], ...]  # (metrics.json key, row label)
+    scale: float = 100.0
+
+
+def _search(space: str, name: str) -> Family:
+    return Family(
+        f"Cross-magnification search, {name}",
+        "Queries: target test images; archive: every source-magnification image except the query's own patient's. "
+        "top-k = majority vote of the k nearest; mAP@k by class. Own-patient recall@k: share of queries with an image of "
+        "their own patient (source-magnification test images) among the k nearest. Percent.",
+        (*((f"knn{k}_{space}_acc", f"top-{k} vote accuracy") for k in (1, 3, 5)), *((f"map{k}_{space}", f"mAP@{k}") for k in (5, 10)),
+         *((f"own_patient_recall{k}_{space}", f"own-patient recall@{k}") for k in (1, 5, 10))),
+    )  # fmt: skip
+
+
+FAMILIES = (
+    Family("Fit or generalization: source-test beside target-test accuracy",
+           "Source test: mean accuracy over the source magnifications' test images (the magnifications trained on). Percent.",
+           (("source_test_acc", "source test accuracy"), (ACC, "target test accuracy"))),
+    Family("Class balance on the target", "Balanced accuracy = mean per-class recall. Percent.",
+           (("target_test_balanced_acc", "balanced accuracy"), ("target_test_macro_f1", "macro-F1"))),
+    Family("Patient level on the target (Spanhol et al., 2016)",
+           "Patient score = share of a patient's target test images classified right; recognition rate = their mean over "
+           "patients; vote = share of patients whose majority vote is right. Percent.",
+           (("patient_recognition_rate", "patient recognition rate"), ("patient_vote_acc", "patient majority vote"))),
+    _search("features", "F_ψ features"),
+    _search("embeddings", "F_φ embeddings"),
+    Family("Invariance: magnification predictability (lower = more invariant)",
+           "Cross-validated (folds by patient) balanced accuracy of a logistic regression predicting the magnification from "
+           "the test images of all magnifications; chance 25 %. Percent.",
+           (("mag_predictability_features", "F_ψ features"), ("mag_predictability_embeddings", "F_φ embeddings"))),
+    Family("Invariance: class-conditional source–target gap (lower = more invariant)",
+           "Mean over classes of ‖source class mean − target class mean‖ / within-class spread (test images); 0 = coincide.",
+           (("class_gap_features", "F_ψ features"), ("class_gap_embeddings", "F_φ embeddings")), scale=1.0),
+    Family("Calibration on the target", "Expected calibration error, 15 equal-width confidence bins (lower = better). Percent.",
+           (("target_test_ece", "ECE"),)),
 )  # fmt: skip
-Z975 = 1.959963984540054
+ORACLE_TITLE = "As the paper's code reported: best test accuracy during training (not an honest estimate)"
+ORACLE_NOTE = (
+    "The target test accuracy at the best of the validation checks, judged on the test images themselves: it selects on "
+    "the test set, so it is optimistic and is not comparable to the tables above. Percent."
+)
 
-
-# -- statistics ---------------------------------------------------------------------------------
-def t_quantile_975(df: int) -> float:
-    """t_{0.975, df}: the table up to 30, then the Cornish–Fisher expansion (error < 1e-5 beyond 30)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(T975):
-        return T975[df - 1]
-    z = Z975
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2) + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and SAMPLE standard deviation (ddof=1); std is None for a single value, where it is undefined."""
-    if not values:
-        raise ValueError("no values")
-    n = len(values)
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float, float] | None:
-    """(mean, low, high): the 95 % t-interval of the mean; None below two values."""
-    mean, std = mean_std(values)
-    if std is None:
-        return None
-    half = t_quantile_975(len(values) - 1) * std / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
-# -- discovery ----------------------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
-class Group:
-    """Runs that may share a table: same task and everything that changes what the accuracy means."""
-
-    task: str
-    protocol: str
-    selection: str
-    backbone: str
-    steps: int
-    data: str
-
-    def sort_key(self) -> tuple[Any, ...]:
-        t = TASK_ORDER.index(self.task) if self.task in TASK_ORDER else len(TASK_ORDER)
-        return (t, self.task, self.protocol, self.selection, self.backbone, self.steps, self.data)
-
-    def title(self) -> str:
-        return (
-            f"task {self.task} · protocol {self.protocol} · selection {self.selection} · "
-            f"backbone {self.backbone} · {self.steps} steps · data {self.data}"
-        )
-
-    @property
-    def paper(self) -> bool:
-        """Whether the paper has numbers for this table (its task, its image-level protocol)."""
-        return self.protocol == PAPER_PROTOCOL and self.task in PAPER
-
-
-@dataclass
-class Run:
-    """One run folder: its identity, and its accuracy when it finished with one."""
-
-    path: str  # as shown: the DIR argument joined with the folder below it
-    group: Group | None
-    method: str
-    target: str
-    seed: int | None
-    acc: float | None = None  # fraction; None when there is no usable number
-    status: str = "ok"  # ok | missing | nan | unreadable | duplicate
-    resumed: bool = False
-    sources: tuple[str, ...] = ()
-
-    def label(self) -> str:
-        seed = "?" if self.seed is None else self.seed
-        return f"{self.method} {self.target} seed {seed}: {self.path}"
-
-
-def _read_config(folder: Path) -> dict[str, Any] | None:
-    """The run's config: run_config.json (resolved), else .hydra/config.yaml read without resolving."""
-    path = folder / RUN_CONFIG_FILE
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            pass
-    path = folder / ".hydra" / "config.yaml"
-    if path.is_file():
-        import yaml  # only needed for runs without run_config.json
-
-        try:
-            cfg = yaml.safe_load(path.read_text())
-            return cfg if isinstance(cfg, dict) else None
-        except yaml.YAMLError:
-            return None
-    return None
-
-
-def _data_name(cfg: dict[str, Any] | None) -> str:
-    """synthetic | breakhis: averaging generated and real images together would be meaningless."""
-    data = (cfg or {}).get("data")
-    if not isinstance(data, dict):
-        return "unknown"
-    return "synthetic" if data.get("synthetic") else "breakhis"
-
-
-def _group(task: Any, protocol: Any, selection: Any, backbone: Any, steps: Any, data: str) -> Group | None:
-    if None in (task, protocol, selection, backbone, steps):
-        return None
-    try:
-        return Group(str(task), str(protocol), str(selection), str(backbone).rsplit(".", 1)[-1], int(steps), data)
-    except (TypeError, ValueError):
-        return None
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None) -> Run:
-    group = _group(m.get("task"), m.get("protocol"), m.get("selection"), m.get("backbone"), m.get("steps"), _data_name(cfg))
-    acc = m.get("target_test_acc")
-    seed = m.get("seed")
-    return Run(
-        path=shown,
-        group=group,
-        method=str(m.get("method", "?")),
-        target=str(m.get("target", "?")),
-        seed=int(seed) if _is_number(seed) else None,
-        acc=float(acc) if _is_number(acc) else None,
-        status="ok" if _is_number(acc) else "nan",
-        resumed=bool(m.get("resumed", False)),
-        sources=tuple(m.get("sources") or ()),
-    )
-
-
-def _run_from_config(shown: str, cfg: dict[str, Any] | None, status: str) -> Run:
-    """A run without usable metrics: identify it from its config so it is listed under the right table."""
-    cfg = cfg or {}
-
-    def get(*keys: str) -> Any:
-        node: Any = cfg
-        for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        # an unresolved interpolation (`${...}`) from .hydra/config.yaml says nothing
-        return None if isinstance(node, str) and "${" in node else node
-
-    group = _group(get("task"), get("split", "protocol"), get("selection"), get("backbone", "_target_"), get("steps"), _data_name(cfg))
-    seed = get("seed")
-    return Run(
-        path=shown,
-        group=group,
-        method=str(get("method", "name") or "?"),
-        target=str(get("target") or "?"),
-        seed=int(seed) if _is_number(seed) else None,
-        status=status,
-    )
-
-
-def _is_run_folder(folder: Path) -> bool:
-    return (folder / METRICS_FILE).is_file() or (folder / RUN_CONFIG_FILE).is_file() or (folder / ".hydra").is_dir()
-
-
-def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
-    """Every run folder below `dirs` (a folder with metrics.json, run_config.json or .hydra/), each once."""
-    seen: set[Path] = set()
-    runs: list[Run] = []
-    for d in dirs:
-        root = Path(d)
-        if not root.is_dir():
-            continue
-        candidates = {p.parent for name in (METRICS_FILE, RUN_CONFIG_FILE) for p in root.rglob(name)}
-        candidates |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
-        for folder in sorted(candidates):
-            real = folder.resolve()
-            if real in seen or not _is_run_folder(folder):
-                continue
-            seen.add(real)
-            shown = (root / folder.relative_to(root)).as_posix()
-            cfg = _read_config(folder)
-            metrics_path = folder / METRICS_FILE
-            if not metrics_path.is_file():
-                runs.append(_run_from_config(shown, cfg, "missing"))
-                continue
-            try:
-                m = json.loads(metrics_path.read_text())  # json reads NaN, which the pipeline may write
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                m = None
-            if not isinstance(m, dict):
-                runs.append(_run_from_config(shown, cfg, "unreadable"))
-                continue
-            runs.append(_run_from_metrics(shown, m, cfg))
-    _mark_duplicates(runs)
-    return runs
-
-
-def _mark_duplicates(runs: list[Run]) -> None:
-    """Two finished runs of one (table, method, target, seed): keep the first by path, list the rest.
-
-    They would otherwise count as two seeds and break the by-seed pairing.
-    """
-    first: dict[tuple[Any, ...], Run] = {}
-    for r in sorted(runs, key=lambda r: r.path):
-        if r.status not in ("ok", "nan") or r.group is None or r.seed is None:
-            continue
-        key = (r.group, r.method, r.target, r.seed)
-        if key in first:
-            r.status = "duplicate"
-        else:
-            first[key] = r
+Row = tuple[str, tuple[str, ...]]  # (target, sources)
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -278,13 +115,17 @@ def _target_key(t: str) -> tuple[int, str]:
     return (TARGET_ORDER.index(t) if t in TARGET_ORDER else len(TARGET_ORDER), t)
 
 
+def _row_key(row: Row) -> tuple[object, ...]:
+    return (_target_key(row[0]), -len(row[1]), [_target_key(s) for s in row[1]])
+
+
 def _method_key(m: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
 
 @dataclass
 class Cell:
-    """One method at one target: the accuracies (percent) of its finished runs, by seed."""
+    """One method in one row: a metric of its finished runs (display units), by seed."""
 
     by_seed: dict[int, float] = field(default_factory=dict)
 
@@ -297,22 +138,28 @@ class Cell:
 class Table:
     group: Group
     methods: list[str]
-    targets: list[str]
-    cells: dict[tuple[str, str], Cell]
-    sources: dict[str, tuple[str, ...]]
+    rows: list[Row]
+    runs: dict[tuple[str, Row], dict[int, Run]]
     notes: dict[str, list[str]]
 
     @property
-    def paired(self) -> bool:
-        return "masf" in self.methods and "deepall" in self.methods
+    def paired(self) -> list[str]:
+        """The MASF variants with a paired difference column against DeepAll."""
+        return [m for m in PAIRED if m in self.methods] if "deepall" in self.methods else []
 
-    def cell(self, method: str, target: str) -> Cell:
-        return self.cells.get((method, target), Cell())
+    def cell(self, method: str, row: Row, key: str = ACC, scale: float = 100.0) -> Cell:
+        runs = self.runs.get((method, row), {})
+        return Cell({s: scale * v for s, r in runs.items() if (v := r.value(key)) is not None})
 
-    def paired_diffs(self, target: str) -> list[float]:
-        """MASF − DeepAll per seed, over the seeds both finished (percentage points)."""
-        a, b = self.cell("masf", target).by_seed, self.cell("deepall", target).by_seed
-        return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    def paired_diffs(self, variant: str, row: Row, key: str = ACC, scale: float = 100.0) -> tuple[list[float], list[int]]:
+        """Variant − DeepAll per seed, over the seeds both have the metric for; and those seeds."""
+        a, b = self.cell(variant, row, key, scale).by_seed, self.cell("deepall", row, key, scale).by_seed
+        seeds = sorted(set(a) & set(b))
+        return [a[s] - b[s] for s in seeds], seeds
+
+    def has(self, key: str, row: Row | None = None) -> bool:
+        """Whether any finished run (of `row`, if given) has the metric."""
+        return any(r.value(key) is not None for (_, rw), runs in self.runs.items() if row in (None, rw) for r in runs.values())
 
 
 def build_tables(runs: Sequence[Run], expect_seeds: int | None = None) -> tuple[list[Table], list[str]]:
@@ -326,19 +173,16 @@ def build_tables(runs: Sequence[Run], expect_seeds: int | None = None) -> tuple[
             by_group.setdefault(r.group, []).append(r)
     tables = []
     for group in sorted(by_group, key=Group.sort_key):
-        group_runs = sorted(by_group[group], key=lambda r: (_method_key(r.method), _target_key(r.target), r.seed if r.seed is not None else -1, r.path))
+        group_runs = sorted(by_group[group], key=lambda r: (_method_key(r.method), _row_key(r.row), r.seed if r.seed is not None else -1, r.path))
         present = {r.method for r in group_runs if r.method != "?"}
         # MASF and DeepAll are always columns: an absent one is visible as "–", not a vanished column
         methods = sorted(present | {"masf", "deepall"}, key=_method_key)
-        targets = sorted({r.target for r in group_runs if r.target != "?"}, key=_target_key)
-        cells: dict[tuple[str, str], Cell] = {}
-        sources: dict[str, tuple[str, ...]] = {}
+        rows = sorted({r.row for r in group_runs if r.target != "?"}, key=_row_key)
+        cells: dict[tuple[str, Row], dict[int, Run]] = {}
         notes: dict[str, list[str]] = {"missing": [], "nan": [], "unreadable": [], "duplicate": [], "resumed": [], "few": []}
         for r in group_runs:
             if r.status == "ok" and r.seed is not None:
-                cells.setdefault((r.method, r.target), Cell()).by_seed[r.seed] = 100.0 * r.acc  # type: ignore[operator]
-                if r.sources:
-                    sources.setdefault(r.target, r.sources)
+                cells.setdefault((r.method, r.row), {})[r.seed] = r
             elif r.status == "ok":
                 notes["unreadable"].append(r.label() + " (no seed)")
             else:
@@ -346,23 +190,17 @@ def build_tables(runs: Sequence[Run], expect_seeds: int | None = None) -> tuple[
             if r.resumed and r.status in ("ok", "nan"):
                 notes["resumed"].append(r.label())
         if expect_seeds:
-            tried = {(r.method, r.target) for r in group_runs}
-            for t in targets:
+            tried = {(r.method, r.row) for r in group_runs}
+            for row in rows:
                 for m in methods:
-                    if m not in ("masf", "deepall") and (m, t) not in tried:
-                        continue  # ablations are often run at some targets only
-                    n = len(cells.get((m, t), Cell()).by_seed)
+                    # ablations and variants are often run at some targets only; MASF never from one source
+                    if (m, row) not in tried and (m not in ("masf", "deepall") or len(row[1]) < 2):
+                        continue
+                    n = len(cells.get((m, row), {}))
                     if n < expect_seeds:
-                        notes["few"].append(f"{m} {t}: {n}/{expect_seeds} seeds")
-        tables.append(Table(group, methods, targets, cells, sources, notes))
+                        notes["few"].append(f"{m} {_row_label(row)}: {n}/{expect_seeds} seeds")
+        tables.append(Table(group, methods, rows, cells, notes))
     return tables, sorted(orphans)
-
-
-def _sources(table: Table, target: str) -> list[str]:
-    """The source magnifications: as the runs recorded them, else the other three."""
-    if target in table.sources:
-        return sorted(table.sources[target], key=_target_key)
-    return [t for t in TARGET_ORDER if t != target]
 
 
 def _num(x: float, signed: bool = False) -> str:
@@ -382,56 +220,102 @@ def fmt_cell(cell: Cell) -> str:
 
 
 def fmt_paired(diffs: Sequence[float]) -> str:
-    """`+d [low, high] (n=k)`: mean paired difference and its 95 % t-interval."""
+    """`+d ± h [low, high] (n=k)`: mean paired difference, half-width h of its 95 % t-interval, the interval."""
     if not diffs:
         return DASH
     ci = t_interval(diffs)
     mean = math.fsum(diffs) / len(diffs)
-    interval = DASH if ci is None else f"{_num(ci[1], True)}, {_num(ci[2], True)}"
-    return f"{_num(mean, True)} [{interval}] (n={len(diffs)})"
+    if ci is None:
+        return f"{_num(mean, True)} [{DASH}] (n={len(diffs)})"
+    return f"{_num(mean, True)} ± {_num(ci[2] - mean)} [{_num(ci[1], True)}, {_num(ci[2], True)}] (n={len(diffs)})"
 
 
 def _paper(task: str, method: str, target: str) -> tuple[float, float] | None:
     return PAPER.get(task, {}).get(method, {}).get(target)
 
 
+def _is_paper(group: Group) -> bool:
+    """Whether the paper has numbers for this table (its task, its image-level protocol)."""
+    return group.protocol == PAPER_PROTOCOL and group.task in PAPER
+
+
+def _paired_title(variant: str) -> str:
+    return f"{'MASF (joint)' if variant == 'masf_joint' else 'MASF'} − DeepAll (paired, 95% CI)"
+
+
+def _row_label(row: Row) -> str:
+    """`400x`, or `400x from 40x` for a row that is not leave-one-out."""
+    loo = tuple(t for t in TARGET_ORDER if t != row[0])
+    return row[0] if row[1] == loo else f"{row[0]} from {'+'.join(row[1])}"
+
+
+def _sources(row: Row) -> str:
+    return ", ".join(mag(s) for s in row[1])
+
+
 def rows(table: Table) -> tuple[list[str], list[list[str]]]:
-    """Header and body of one table as display strings (shared by Markdown and LaTeX)."""
-    header = ["Source", "Target", *(METHOD_TITLES.get(m, m) for m in table.methods)]
-    if table.paired:
-        header.append("MASF − DeepAll (paired, 95% CI)")
-    if table.group.paper:
+    """Header and body of the accuracy table as display strings (shared by Markdown and LaTeX)."""
+    header = ["Source", "Target", *(METHOD_TITLES.get(m, m) for m in table.methods), *map(_paired_title, table.paired)]
+    paper = _is_paper(table.group)
+    if paper:
         header += ["Paper MASF", "Δ MASF", "Paper DeepAll", "Δ DeepAll"]
     body = []
-    for t in table.targets:
-        row = [", ".join(mag(s) for s in _sources(table, t)), mag(t), *(fmt_cell(table.cell(m, t)) for m in table.methods)]
-        if table.paired:
-            row.append(fmt_paired(table.paired_diffs(t)))
-        if table.group.paper:
+    for row in table.rows:
+        line = [_sources(row), mag(row[0]), *(fmt_cell(table.cell(m, row)) for m in table.methods)]
+        line += [fmt_paired(table.paired_diffs(v, row)[0]) for v in table.paired]
+        if paper:
             for m in ("masf", "deepall"):
-                ref = _paper(table.group.task, m, t)
-                values = table.cell(m, t).values
-                row.append(DASH if ref is None else f"{ref[0]:.2f} ± {ref[1]:.2f}")
-                row.append(DASH if ref is None or not values else _num(math.fsum(values) / len(values) - ref[0], True))
-        body.append(row)
+                ref = _paper(table.group.task, m, row[0])
+                values = table.cell(m, row).values
+                line.append(DASH if ref is None else f"{ref[0]:.2f} ± {ref[1]:.2f}")
+                line.append(DASH if ref is None or not values else _num(math.fsum(values) / len(values) - ref[0], True))
+        body.append(line)
     return header, body
+
+
+def family_rows(table: Table, family: Family) -> tuple[list[str], list[list[str]]] | None:
+    """One family's table: a line per (row, metric) the runs have; None when no run has any of its metrics."""
+    keys = [(k, label) for k, label in family.metrics if table.has(k)]
+    if not keys:
+        return None
+    header = ["Source", "Target", "Metric", *(METHOD_TITLES.get(m, m) for m in table.methods), *map(_paired_title, table.paired)]
+    body = []
+    for row in table.rows:
+        for key, label in keys:
+            if not table.has(key, row):
+                continue
+            line = [_sources(row), mag(row[0]), label, *(fmt_cell(table.cell(m, row, key, family.scale)) for m in table.methods)]
+            body.append(line + [fmt_paired(table.paired_diffs(v, row, key, family.scale)[0]) for v in table.paired])
+    return header, body
+
+
+def oracle_rows(table: Table) -> tuple[list[str], list[list[str]]] | None:
+    if not table.has(ORACLE):
+        return None
+    header = ["Source", "Target", *(METHOD_TITLES.get(m, m) for m in table.methods)]
+    return header, [
+        [_sources(row), mag(row[0]), *(fmt_cell(table.cell(m, row, ORACLE)) for m in table.methods)] for row in table.rows if table.has(ORACLE, row)
+    ]
 
 
 FOOTNOTE_STD = (
     "Accuracy (%) on the unseen target magnification: mean ± sample standard deviation (ddof=1) over seeds; "
     "n = number of seeds; std is \"–\" for n=1."
 )
-FOOTNOTE_PAIRED = "MASF − DeepAll: per-seed difference of runs with the same seed, mean and 95 % t-interval (percentage points)."
+FOOTNOTE_PAIRED = (
+    "MASF − DeepAll: per-seed difference of runs with the same seed: mean ± half-width of its 95 % t-interval "
+    "[the interval] (percentage points)."
+)
 
 
 def _footnotes(table: Table) -> list[str]:
     lines = [FOOTNOTE_STD]
     if table.paired:
         lines.append(FOOTNOTE_PAIRED)
-    if table.group.paper:
+    if _is_paper(table.group):
         lines.append(
             f"Paper: {PAPER_TABLE[table.group.task]} of Sikaroudi et al. (mean ± as printed; the paper does not say which spread); "
-            "Δ = our mean − paper mean."
+            "Δ = our mean − paper mean (MASF: the public codes' separate optimizers)."
         )
     return lines
 
@@ -446,25 +330,26 @@ NOTE_TITLES = {
 }
 
 
-def _note_lines(table: Table) -> list[str]:
-    out = []
-    for key, title in NOTE_TITLES.items():
-        items = table.notes[key]
-        if items:
-            out += ["", f"{title}:", ""]
-            out += [f"- {item}" for item in items]
-    return out
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
 
 
 def to_markdown(tables: Sequence[Table], orphans: Sequence[str]) -> str:
     parts = []
     for table in tables:
-        header, body = rows(table)
-        lines = [f"### {table.group.title()}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in body]
+        lines = [f"### {table.group.title()}", "", *_md_table(*rows(table))]
         for line in _footnotes(table):
             lines += ["", line]
-        lines += _note_lines(table)
+        for family in FAMILIES:
+            got = family_rows(table, family)
+            if got:
+                lines += ["", f"#### {family.title}", "", *_md_table(*got), "", family.note]
+        got = oracle_rows(table)
+        if got:
+            lines += ["", f"#### {ORACLE_TITLE}", "", *_md_table(*got), "", ORACLE_NOTE]
+        for key, title in NOTE_TITLES.items():
+            if table.notes[key]:
+                lines += ["", f"{title}:", "", *(f"- {item}" for item in table.notes[key])]
         parts.append("\n".join(lines).rstrip() + "\n")
     if orphans:
         parts.append("\n".join(["### Runs that fit no table (no readable task/protocol/method)", "", *(f"- {o}" for o in orphans)]) + "\n")
@@ -472,8 +357,8 @@ def to_markdown(tables: Sequence[Table], orphans: Sequence[str]) -> str:
 
 
 CSV_COLUMNS = (
-    "task", "protocol", "selection", "backbone", "steps", "data", "target", "sources", "column",
-    "n", "mean", "std", "ci_low", "ci_high", "paper_mean", "paper_pm", "delta", "seeds",
+    "task", "protocol", "selection", "backbone", "steps", "data", "target", "sources", "metric", "column",
+    "n", "mean", "std", "ci_low", "ci_high", "half_width", "paper_mean", "paper_pm", "delta", "seeds",
 )  # fmt: skip
 
 
@@ -481,32 +366,33 @@ def _f(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
+def _stats(values: list[float]) -> list[str]:
+    mean, std = mean_std(values) if values else (None, None)
+    ci = t_interval(values) if len(values) > 1 else None
+    return [str(len(values)), _f(mean), _f(std), _f(ci and ci[1]), _f(ci and ci[2]), _f(ci and ci[2] - ci[0])]
+
+
 def to_csv(tables: Sequence[Table]) -> str:
-    """Long format, one row per (table, target, column): numbers in percent, unrounded to 4 decimals."""
+    """Long format, one line per (table, row, metric, column), in display units, unrounded to 4 decimals."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
+    metrics = [(ACC, 100.0), *((k, f.scale) for f in FAMILIES for k, _ in f.metrics if k != ACC), (ORACLE, 100.0)]
     for table in tables:
         g = table.group
-        for t in table.targets:
-            base = [g.task, g.protocol, g.selection, g.backbone, g.steps, g.data, t, " ".join(_sources(table, t))]
-            for m in table.methods:
-                cell = table.cell(m, t)
-                values = cell.values
-                mean, std = mean_std(values) if values else (None, None)
-                ci = t_interval(values) if len(values) > 1 else None
-                ref = _paper(g.task, m, t) if g.paper else None
-                delta = None if ref is None or mean is None else mean - ref[0]
-                w.writerow([
-                    *base, m, len(values), _f(mean), _f(std), _f(ci and ci[1]), _f(ci and ci[2]),
-                    _f(ref and ref[0]), _f(ref and ref[1]), _f(delta), " ".join(str(s) for s in sorted(cell.by_seed)),
-                ])  # fmt: skip
-            if table.paired:
-                diffs = table.paired_diffs(t)
-                mean, std = mean_std(diffs) if diffs else (None, None)
-                ci = t_interval(diffs) if len(diffs) > 1 else None
-                seeds = sorted(set(table.cell("masf", t).by_seed) & set(table.cell("deepall", t).by_seed))
-                w.writerow([*base, "masf-deepall", len(diffs), _f(mean), _f(std), _f(ci and ci[1]), _f(ci and ci[2]), "", "", "", " ".join(map(str, seeds))])
+        for row in table.rows:
+            base = [g.task, g.protocol, g.selection, g.backbone, g.steps, g.data, row[0], " ".join(row[1])]
+            for key, scale in metrics:
+                if key != ACC and not table.has(key):
+                    continue
+                for m in table.methods:
+                    cell = table.cell(m, row, key, scale)
+                    ref = _paper(g.task, m, row[0]) if key == ACC and _is_paper(g) else None
+                    delta = None if ref is None or not cell.values else mean_std(cell.values)[0] - ref[0]
+                    w.writerow([*base, key, m, *_stats(cell.values), _f(ref and ref[0]), _f(ref and ref[1]), _f(delta), " ".join(map(str, sorted(cell.by_seed)))])
+                for v in table.paired if key != ORACLE else ():
+                    diffs, seeds = table.paired_diffs(v, row, key, scale)
+                    w.writerow([*base, key, f"{v}-deepall", *_stats(diffs), "", "", "", " ".join(map(str, seeds))])
     return buf.getvalue()
 
 
@@ -526,7 +412,7 @@ def _tex_cell(s: str) -> str:
 
 
 def to_latex(tables: Sequence[Table]) -> str:
-    """One `table` per group; needs \\usepackage{booktabs}."""
+    """The accuracy table of each group; needs \\usepackage{booktabs}."""
     out = ["% generated by experiments/collect.py; needs \\usepackage{booktabs}"]
     for table in tables:
         header, body = rows(table)

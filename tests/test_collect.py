@@ -3,7 +3,10 @@
 The fixture tree `tests/fixtures/runs/` holds a tumour-type table under the paper's protocol (MASF,
 DeepAll and both ablations at 40x and 400x, three seeds where complete) with one run that never wrote
 metrics.json (masf 400x seed 2), one NaN accuracy (deepall 400x seed 2) and one resumed run (deepall
-40x seed 1), plus a one-seed malignancy table under the patient protocol.
+40x seed 1), plus a one-seed malignancy table under the patient protocol. MASF runs say
+`optimizers: separate`; `masf_joint/40x` holds MASF with one Adam (the key in `method`, in `hparams`,
+and absent: an older run). MASF and DeepAll at 40x carry source-test, patient, calibration, class-gap
+and oracle numbers; `patient/malignancy/deepall/only_40x` is a single-source (transfer map) run.
 Regenerate the goldens after an intended format change: UPDATE_GOLDEN=1 pytest tests/test_collect.py
 """
 
@@ -25,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import collect  # noqa: E402
+
+from masf_lightning.eval import stats  # noqa: E402
 
 FIXTURES = Path("tests/fixtures/runs")  # relative to ROOT: run paths in the goldens are shown as given
 GOLDEN_MD = ROOT / FIXTURES / "expected.md"
@@ -55,35 +60,97 @@ def test_golden_markdown_and_csv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert prefix.with_suffix(".tex").read_text().count(r"\begin{tabular}") == 2
 
 
+def _row(out: str, start: str, section: str = "") -> list[str]:
+    """Cells of the first table line starting with `start` after the heading `section`."""
+    text = out.split(section, 1)[1] if section else out
+    line = next(line for line in text.splitlines() if line.startswith(start))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_golden_content_by_hand(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The numbers in the golden, recomputed by hand, so a wrong golden cannot pass silently."""
     _, out, prefix = _collect(monkeypatch, tmp_path, capsys)
     # 40x: MASF 45, 44, 46 → 45.00 ± 1.00; DeepAll 40, 41, 39 → 40.00 ± 1.00;
     # paired 5, 3, 7 → mean 5, sd 2, half-width t(0.975, 2)·2/√3 = 4.3027·1.1547 = 4.968
-    row40 = next(line for line in out.splitlines() if line.startswith("| 100×, 200×, 400× | 40× |"))
-    cells = [c.strip() for c in row40.strip("|").split("|")]
+    # MASF (joint): 43, 42, 44 → paired 3, 1, 5: mean 3, the same half-width
+    cells = _row(out, "| 100×, 200×, 400× | 40× |")
     assert cells[2:] == [
-        "45.00 ± 1.00 (n=3)", "40.00 ± 1.00 (n=3)", "42.50 ± 0.71 (n=2)", "–",
-        "+5.00 [+0.03, +9.97] (n=3)", "44.37 ± 0.11", "+0.63", "40.39 ± 0.46", "-0.39",
+        "45.00 ± 1.00 (n=3)", "43.00 ± 1.00 (n=3)", "40.00 ± 1.00 (n=3)", "42.50 ± 0.71 (n=2)", "–",
+        "+5.00 ± 4.97 [+0.03, +9.97] (n=3)", "+3.00 ± 4.97 [-1.97, +7.97] (n=3)", "44.37 ± 0.11", "+0.63", "40.39 ± 0.46", "-0.39",
     ]  # fmt: skip
     # 400x: MASF seed 2 missing, DeepAll seed 2 NaN: both out of the mean, pairs over seeds 0 and 1 only
     row400 = next(line for line in out.splitlines() if line.startswith("| 40×, 100×, 200× | 400× |"))
     assert "49.00 ± 1.41 (n=2)" in row400 and "46.50 ± 0.71 (n=2)" in row400 and "47.00 ± – (n=1)" in row400
-    assert "+2.50 [-16.56, +21.56] (n=2)" in row400  # diffs 1, 4: sd 2.1213, t(0.975, 1) = 12.7062
+    assert "+2.50 ± 19.06 [-16.56, +21.56] (n=2)" in row400  # diffs 1, 4: sd 2.1213, t(0.975, 1) = 12.7062
     assert "- masf 400x seed 2: tests/fixtures/runs/paper/tumor_type/masf/400x/seed2" in out
     assert "- deepall 400x seed 2: tests/fixtures/runs/paper/tumor_type/deepall/400x/seed2" in out
     assert "- deepall 40x seed 1: tests/fixtures/runs/paper/tumor_type/deepall/40x/seed1" in out
     assert "(ddof=1)" in out
     # the patient-protocol table has no paper columns, and n=1 has no spread
     assert "| 40×, 100×, 200× | 400× | 80.00 ± – (n=1) | 75.00 ± – (n=1) | +5.00 [–] (n=1) |" in out
+    # a single-source run is its own row, not a second seed of the leave-one-out cell
+    assert "| 40× | 400× | – | 70.00 ± – (n=1) | – |" in out and "Duplicate" not in out
 
     table = list(csv.DictReader(io.StringIO(prefix.with_suffix(".csv").read_text())))
-    by = {(r["task"], r["target"], r["column"]): r for r in table}
-    r = by[("tumor_type", "40x", "masf-deepall")]
-    assert (r["n"], r["mean"], r["std"], r["ci_low"], r["ci_high"], r["seeds"]) == ("3", "5.0000", "2.0000", "0.0317", "9.9683", "0 1 2")
-    r = by[("tumor_type", "400x", "deepall")]
+    by = {(r["task"], r["target"], r["metric"], r["column"]): r for r in table if r["sources"] != "40x"}
+    r = by[("tumor_type", "40x", "target_test_acc", "masf-deepall")]
+    assert (r["n"], r["mean"], r["std"], r["ci_low"], r["ci_high"], r["half_width"], r["seeds"]) == (
+        "3", "5.0000", "2.0000", "0.0317", "9.9683", "4.9683", "0 1 2"
+    )
+    assert by[("tumor_type", "40x", "target_test_acc", "masf_joint-deepall")]["mean"] == "3.0000"
+    r = by[("tumor_type", "400x", "target_test_acc", "deepall")]
     assert (r["n"], r["mean"], r["paper_mean"], r["delta"], r["seeds"]) == ("2", "46.5000", "47.2100", "-0.7100", "0 1")
-    assert by[("malignancy", "400x", "masf")]["std"] == ""
+    assert by[("malignancy", "400x", "target_test_acc", "masf")]["std"] == ""
+    assert by[("tumor_type", "40x", "oracle_target_test_acc", "masf")]["mean"] == "47.0000"
+
+
+def test_metric_families_by_hand(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each family's numbers recomputed from the fixture values (40x: MASF seeds 0-2 against DeepAll seeds 0-2)."""
+    _, out, _ = _collect(monkeypatch, tmp_path, capsys)
+    tumour = out.split("### task malignancy")[0]
+    # source test: MASF 60, 61, 62; DeepAll 63, 63, 66 → paired −3, −2, −4: mean −3, sd 1, half-width 4.3027/√3 = 2.48
+    cells = _row(tumour, "| 100×, 200×, 400× | 40× | source test accuracy |", "#### Fit or generalization")
+    assert cells[3:] == ["61.00 ± 1.00 (n=3)", "–", "64.00 ± 1.73 (n=3)", "–", "–", "-3.00 ± 2.48 [-5.48, -0.52] (n=3)", "–"]
+    # the patient recognition rate: MASF 50, 48, 52; DeepAll 45, 44, 43 → paired 5, 4, 9: mean 6, sd √7, half 6.57
+    cells = _row(tumour, "| 100×, 200×, 400× | 40× | patient recognition rate |", "#### Patient level")
+    assert cells[3] == "50.00 ± 2.00 (n=3)" and cells[5] == "44.00 ± 1.00 (n=3)" and cells[8] == "+6.00 ± 6.57 [-0.57, +12.57] (n=3)"
+    # class gap is a ratio, not a percentage: 1.5, 1.4, 1.6 against 2.0, 2.1, 1.9
+    cells = _row(tumour, "| 100×, 200×, 400× | 40× | F_ψ features |", "#### Invariance: class-conditional")
+    assert cells[3] == "1.50 ± 0.10 (n=3)" and cells[5] == "2.00 ± 0.10 (n=3)"
+    cells = _row(tumour, "| 100×, 200×, 400× | 40× | ECE |", "#### Calibration")
+    assert cells[3] == "10.00 ± 2.00 (n=3)" and cells[8] == "-5.00 ± 4.97 [-9.97, -0.03] (n=3)"
+    # rows no run has a number for are left out rather than shown as a line of dashes
+    assert "| 40×, 100×, 200× | 400× | patient recognition rate |" not in tumour
+
+
+def test_oracle_only_in_its_own_labelled_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _collect(monkeypatch, tmp_path, capsys)
+    tumour = out.split("### task malignancy")[0]
+    honest, oracle = tumour.split("#### As the paper's code reported: best test accuracy during training (not an honest estimate)")
+    assert _row(oracle, "| 100×, 200×, 400× | 40× |")[2:5] == ["47.00 ± 1.00 (n=3)", "45.00 ± 1.00 (n=3)", "42.00 ± 1.00 (n=3)"]
+    assert "47.00 ± 1.00" not in honest and "42.00 ± 1.00" not in honest  # the oracle values, nowhere among the honest columns
+    assert "| 400× |" not in oracle.split("Missing/failed")[0]  # no run at 400x has the oracle number: no line for it
+
+
+@pytest.mark.parametrize(
+    ("cfg", "column"),
+    [
+        ({"method": {"name": "masf", "optimizers": "separate"}}, "masf"),
+        ({"method": {"name": "masf"}, "hparams": {"optimizers": "separate"}}, "masf"),
+        ({"method": {"name": "masf", "optimizers": "joint"}}, "masf_joint"),
+        ({"method": {"name": "masf"}, "hparams": {"optimizers": "joint"}}, "masf_joint"),
+        ({"method": {"name": "masf"}}, "masf_joint"),  # before the key existed MASF had one Adam
+        (None, "masf_joint"),
+        ({"method": {"name": "masf_no_gen"}, "hparams": {"optimizers": "separate"}}, "masf_no_gen"),
+        ({"method": {"name": "masf_no_tri"}}, "masf_no_tri_joint"),
+        ({"method": {"name": "deepall"}}, "deepall"),
+    ],
+)
+def test_masf_optimizer_layout_is_its_own_column(cfg: dict | None, column: str) -> None:
+    from masf_lightning.eval.results import method_column
+
+    name = ((cfg or {}).get("method") or {}).get("name", "masf")
+    assert method_column(name, cfg) == column
 
 
 def test_expect_seeds_lists_short_cells(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,22 +162,22 @@ def test_expect_seeds_lists_short_cells(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_sample_std_known_numbers() -> None:
-    assert collect.mean_std([45.0, 44.0, 46.0]) == (45.0, 1.0)
-    mean, std = collect.mean_std([1.0, 2.0, 3.0, 4.0])
+    assert stats.mean_std([45.0, 44.0, 46.0]) == (45.0, 1.0)
+    mean, std = stats.mean_std([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and std == pytest.approx(math.sqrt(5 / 3))  # Σ(x−x̄)² = 5, / (n−1) = 3; ddof=0 would give √1.25
-    assert collect.mean_std([7.0]) == (7.0, None)
+    assert stats.mean_std([7.0]) == (7.0, None)
     assert collect.fmt_cell(collect.Cell({0: 7.0})) == "7.00 ± – (n=1)"
     assert collect.fmt_cell(collect.Cell()) == "–"
 
 
 def test_paired_interval_known_numbers() -> None:
-    mean, low, high = collect.t_interval([5.0, 3.0, 7.0])
+    mean, low, high = stats.t_interval([5.0, 3.0, 7.0])
     half = 4.302652730 * 2.0 / math.sqrt(3)
     assert (mean, low, high) == pytest.approx((5.0, 5.0 - half, 5.0 + half))
-    assert collect.t_interval([1.0]) is None
+    assert stats.t_interval([1.0]) is None
     assert collect.fmt_paired([1.0]) == "+1.00 [–] (n=1)"
     assert collect.fmt_paired([]) == "–"
-    assert collect.fmt_paired([-1.0, -3.0]) == "-2.00 [-14.71, +10.71] (n=2)"  # sd √2, 12.7062·√2/√2
+    assert collect.fmt_paired([-1.0, -3.0]) == "-2.00 ± 12.71 [-14.71, +10.71] (n=2)"  # sd √2, 12.7062·√2/√2
 
 
 def _student_cdf(t: float, df: int, n: int = 4000) -> float:
@@ -127,7 +194,7 @@ def _student_cdf(t: float, df: int, n: int = 4000) -> float:
 
 @pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 29, 30, 31, 45, 120])
 def test_t_quantiles_match_the_distribution(df: int) -> None:
-    assert _student_cdf(collect.t_quantile_975(df), df) == pytest.approx(0.975, abs=2e-6)
+    assert _student_cdf(stats.t_quantile_975(df), df) == pytest.approx(0.975, abs=2e-6)
 
 
 def test_no_metrics_exits_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,217 @@
+"""Finished runs as data: every metrics.json below some folders, with what identifies its table cell.
+
+Shared by experiments/collect.py (tables) and experiments/plot_transfer.py (the transfer map).
+Runs that never finished, failed with a NaN accuracy, or cannot be read are kept with a status, so
+tables can list them rather than silently average over what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+RUN_CONFIG_FILE = "run_config.json"
+TARGET_ORDER = ("40x", "100x", "200x", "400x")
+TASK_ORDER = ("tumor_type", "malignancy")
+# Before `hparams.optimizers` existed MASF had one Adam for Eq. 11 as written: a run without the key is "joint".
+OPTIMIZERS_BEFORE_THE_KEY = "joint"
+
+
+@dataclass(frozen=True, order=True)
+class Group:
+    """Runs that may share a table: same task and everything that changes what the accuracy means."""
+
+    task: str
+    protocol: str
+    selection: str
+    backbone: str
+    steps: int
+    data: str
+
+    def sort_key(self) -> tuple[Any, ...]:
+        t = TASK_ORDER.index(self.task) if self.task in TASK_ORDER else len(TASK_ORDER)
+        return (t, self.task, self.protocol, self.selection, self.backbone, self.steps, self.data)
+
+    def title(self) -> str:
+        return (
+            f"task {self.task} · protocol {self.protocol} · selection {self.selection} · "
+            f"backbone {self.backbone} · {self.steps} steps · data {self.data}"
+        )
+
+
+@dataclass
+class Run:
+    """One run folder: its identity, and its metrics when it finished with a usable accuracy."""
+
+    path: str  # as shown: the DIR argument joined with the folder below it
+    group: Group | None
+    method: str  # the column: the method name, `_joint` appended for MASF variants with one Adam
+    target: str
+    seed: int | None
+    acc: float | None = None  # target test accuracy (fraction); None when there is no usable number
+    status: str = "ok"  # ok | missing | nan | unreadable | duplicate
+    resumed: bool = False
+    sources: tuple[str, ...] = ()
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        seed = "?" if self.seed is None else self.seed
+        return f"{self.method} {self.target} seed {seed}: {self.path}"
+
+    @property
+    def row(self) -> tuple[str, tuple[str, ...]]:
+        """(target, sources): leave-one-out and single-source runs of one target are different rows."""
+        return self.target, self.sources or tuple(t for t in TARGET_ORDER if t != self.target)
+
+    def value(self, key: str) -> float | None:
+        """A metric as a finite number, or None; `source_test_acc` is derived for runs that predate it."""
+        v = self.metrics.get(key)
+        if v is None and key == "source_test_acc":
+            by = self.metrics.get("test_acc_by_domain") or {}
+            vals = [by.get(s) for s in self.sources]
+            v = math.fsum(vals) / len(vals) if vals and all(is_number(x) for x in vals) else None
+        return float(v) if is_number(v) else None
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    """The run's config: run_config.json (resolved), else .hydra/config.yaml read without resolving."""
+    path = folder / RUN_CONFIG_FILE
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    path = folder / ".hydra" / "config.yaml"
+    if path.is_file():
+        import yaml  # only needed for runs without run_config.json
+
+        try:
+            cfg = yaml.safe_load(path.read_text())
+            return cfg if isinstance(cfg, dict) else None
+        except yaml.YAMLError:
+            return None
+    return None
+
+
+def _get(cfg: dict[str, Any] | None, *keys: str) -> Any:
+    node: Any = cfg or {}
+    for k in keys:
+        node = node.get(k) if isinstance(node, dict) else None
+    # an unresolved interpolation (`${...}`) from .hydra/config.yaml says nothing
+    return None if isinstance(node, str) and "${" in node else node
+
+
+def _data_name(cfg: dict[str, Any] | None) -> str:
+    """synthetic | breakhis: averaging generated and real images together would be meaningless."""
+    data = (cfg or {}).get("data")
+    if not isinstance(data, dict):
+        return "unknown"
+    return "synthetic" if data.get("synthetic") else "breakhis"
+
+
+def method_column(method: str, cfg: dict[str, Any] | None) -> str:
+    """`masf` (separate Adams, the public codes) or `masf_joint` (one Adam, Eq. 11 literal); others as named."""
+    if not method.startswith("masf"):
+        return method
+    layout = _get(cfg, "method", "optimizers") or _get(cfg, "hparams", "optimizers") or OPTIMIZERS_BEFORE_THE_KEY
+    return f"{method}_joint" if layout == "joint" else method
+
+
+def _group(task: Any, protocol: Any, selection: Any, backbone: Any, steps: Any, data: str) -> Group | None:
+    if None in (task, protocol, selection, backbone, steps):
+        return None
+    try:
+        return Group(str(task), str(protocol), str(selection), str(backbone).rsplit(".", 1)[-1], int(steps), data)
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None) -> Run:
+    group = _group(m.get("task"), m.get("protocol"), m.get("selection"), m.get("backbone"), m.get("steps"), _data_name(cfg))
+    acc, seed = m.get("target_test_acc"), m.get("seed")
+    return Run(
+        path=shown,
+        group=group,
+        method=method_column(str(m.get("method", "?")), cfg),
+        target=str(m.get("target", "?")),
+        seed=int(seed) if is_number(seed) else None,
+        acc=float(acc) if is_number(acc) else None,
+        status="ok" if is_number(acc) else "nan",
+        resumed=bool(m.get("resumed", False)),
+        sources=tuple(m.get("sources") or ()),
+        metrics=m,
+    )
+
+
+def _run_from_config(shown: str, cfg: dict[str, Any] | None, status: str) -> Run:
+    """A run without usable metrics: identify it from its config so it is listed under the right table."""
+    group = _group(_get(cfg, "task"), _get(cfg, "split", "protocol"), _get(cfg, "selection"), _get(cfg, "backbone", "_target_"), _get(cfg, "steps"), _data_name(cfg))
+    seed = _get(cfg, "seed")
+    return Run(
+        path=shown,
+        group=group,
+        method=method_column(str(_get(cfg, "method", "name") or "?"), cfg),
+        target=str(_get(cfg, "target") or "?"),
+        seed=int(seed) if is_number(seed) else None,
+        status=status,
+        sources=tuple(_get(cfg, "data", "sources") or ()),
+    )
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / METRICS_FILE).is_file() or (folder / RUN_CONFIG_FILE).is_file() or (folder / ".hydra").is_dir()
+
+
+def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
+    """Every run folder below `dirs` (a folder with metrics.json, run_config.json or .hydra/), each once."""
+    seen: set[Path] = set()
+    runs: list[Run] = []
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            continue
+        candidates = {p.parent for name in (METRICS_FILE, RUN_CONFIG_FILE) for p in root.rglob(name)}
+        candidates |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+        for folder in sorted(candidates):
+            real = folder.resolve()
+            if real in seen or not _is_run_folder(folder):
+                continue
+            seen.add(real)
+            shown = (root / folder.relative_to(root)).as_posix()
+            cfg = _read_config(folder)
+            metrics_path = folder / METRICS_FILE
+            if not metrics_path.is_file():
+                runs.append(_run_from_config(shown, cfg, "missing"))
+                continue
+            try:
+                m = json.loads(metrics_path.read_text())  # json reads NaN, which the pipeline may write
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                m = None
+            runs.append(_run_from_metrics(shown, m, cfg) if isinstance(m, dict) else _run_from_config(shown, cfg, "unreadable"))
+    _mark_duplicates(runs)
+    return runs
+
+
+def _mark_duplicates(runs: list[Run]) -> None:
+    """Two finished runs of one (table, method, row, seed): keep the first by path, list the rest.
+
+    They would otherwise count as two seeds and break the by-seed pairing.
+    """
+    first: dict[tuple[Any, ...], Run] = {}
+    for r in sorted(runs, key=lambda r: r.path):
+        if r.status not in ("ok", "nan") or r.group is None or r.seed is None:
+            continue
+        key = (r.group, r.method, r.row, r.seed)
+        if key in first:
+            r.status = "duplicate"
+        else:
+            first[key] = r
