@@ -237,10 +237,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.2f}%"
+
+
 def summary_line(m: dict[str, Any]) -> str:
+    """One line per finished run; a subset without images (e.g. split.fractions with no val) shows n/a."""
     return (
-        f"{m['method']} {m['task']} target={m['target']} seed={m['seed']}: target test acc {100 * m['target_test_acc']:.2f}% "
-        f"(balanced {100 * m['target_test_balanced_acc']:.2f}%, source val {100 * m['source_val_acc']:.2f}%, "
+        f"{m['method']} {m['task']} target={m['target']} seed={m['seed']}: target test acc {_pct(m['target_test_acc'])} "
+        f"(balanced {_pct(m['target_test_balanced_acc'])}, source val {_pct(m['source_val_acc'])}, "
         f"step {m['selected_step']}, {m['wall_time_s']:.0f}s)"
     )
 

@@ -103,3 +103,10 @@ def breakhis_3pt(tmp_path: Path) -> Path:
     """Folder holding BreaKHis_v1: 3 patients per type (+ the LC copy of 14-13412) x 4 mags x 2 images = 200 PNGs."""
     write_breakhis_tree(tmp_path, three_per_type())
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach the internet: ImageNet weight downloads (and train.py subprocesses, which inherit
+    the environment) go to a closed port on 127.0.0.1 unless a test points them at its own server."""
+    monkeypatch.setenv("MASF_WEIGHTS_URL", "http://127.0.0.1:9")
