@@ -269,3 +269,17 @@ def test_grad_norm_logging_matches_naive() -> None:
     assert logged["grad_norm/psi_cr"].item() == pytest.approx(norm(grads_of(cr, psi)), rel=1e-6)
     assert logged["grad_norm/psi_gen"].item() == pytest.approx(norm(grads_of(model.beta_gen * gen, psi)), rel=1e-6)
     assert logged["grad_norm/psi_tri"].item() == pytest.approx(norm(grads_of(model.beta_tri * tri, psi)), rel=1e-6)
+
+
+def test_joint_steps_along_the_sum_of_both_gradients() -> None:
+    """Joint (Eq. 11 literal): Adam's first step is −η·sign(∇L_cr + ∇L_meta), per element."""
+    eta = 1e-3
+    b = batches()
+    model = tiny_masf(lr=eta, optimizers="joint")
+    _, g = ours(model, b)
+    _, delta = one_step(model, b)
+    names = [n for n in delta if not n.startswith("embedder")]
+    task, meta = (torch.cat([t.flatten() for t in g[k]]) for k in ("task", "meta"))
+    d = torch.cat([delta[n].flatten() for n in names])
+    assert bool((torch.sign(task + meta) != torch.sign(meta)).any()), "the case must tell the sum from L_meta alone"
+    assert torch.equal(torch.sign(d), -torch.sign(task + meta))
