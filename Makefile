@@ -9,7 +9,7 @@ TARGETS  := 40x,100x,200x,400x
 # glibc returns >32 MB buffers to the kernel on every free and faults them back each step; keep them
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=34359738368
 
-.PHONY: help install train test lint bench demo data weights table1 table2 fig2 reproduce tensorboard clean
+.PHONY: help install train test lint bench demo data weights table1 table2 fig2 reproduce transfer tensorboard clean
 
 help:
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -71,6 +71,17 @@ fig2: install ## Fig. 2: embedding of the test images, target 400x, malignancy (
 	@echo "Fig. 2: results/fig2.png (.pdf)"
 
 reproduce: data table1 table2 fig2 ## all of the paper's artefacts: BREAKHIS=DIR (downloaded there first if absent)
+
+TRANSFER_DIR ?= multirun/transfer$(if $(BREAKHIS),_breakhis)
+TRANSFER_OUT ?= results/transfer
+TRANSFER_DATA = $(if $(BREAKHIS),data=breakhis data.root=$(BREAKHIS))
+
+transfer: install ## magnification transfer map (train x test accuracy heatmap): synthetic data, or BREAKHIS=DIR; ARGS=... overrides
+	$(PY) train.py -m experiment=transfer_map method=deepall +train_on=40x,100x,200x,400x $(TRANSFER_DATA) hydra.sweep.dir=$(TRANSFER_DIR) $(ARGS)
+	$(PY) train.py -m experiment=transfer_map method=masf,deepall target=$(TARGETS) $(TRANSFER_DATA) hydra.sweep.dir=$(TRANSFER_DIR) $(ARGS)
+	$(PY) experiments/plot_transfer.py $(TRANSFER_DIR) --out $(TRANSFER_OUT)
+	$(PY) experiments/collect.py $(TRANSFER_DIR) --out $(TRANSFER_OUT)_tables
+	@echo "transfer map: $(TRANSFER_OUT).png (.pdf, .md, .csv); every metric: $(TRANSFER_OUT)_tables.md; runs in $(TRANSFER_DIR)/"
 
 tensorboard: install ## watch runs in outputs/ and multirun/
 	$(VENV)/bin/tensorboard --logdir . --reload_multifile true
