@@ -182,7 +182,7 @@ class MASF(DGModule):
     def _norm(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
         return torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
 
-    def log_grad_norms(self, out: dict[str, Any]) -> None:
+    def log_grad_norms(self, out: dict[str, Any]) -> dict[str, float]:
         """‖∇_ψ‖ of each term as the optimizers see it: L_cr, β1 L_gen, β2 L_tri (the balance Adam steers by)."""
         psi = list(self.featurizer.parameters())
         gen = torch.autograd.grad(self.beta_gen * out["gen_graph"], psi, retain_graph=True, allow_unused=True)
@@ -190,7 +190,10 @@ class MASF(DGModule):
         tri = torch.autograd.grad(out["tri_graph"], psi, retain_graph=True, allow_unused=True)
         cr = self._norm(out["cr_grads"][: len(psi)])
         norms = {"cr": cr, "gen": self._norm(gen), "tri": self._norm(tri)}
-        self.log_dict({f"grad_norm/psi_{k}": v for k, v in norms.items()}, prog_bar=False)
-        # the scale Eq. 8 works at: mean squared distance between T's embeddings, against the margin ζ
-        e = out["embeddings"].float()
-        self.log("diag/embedding_sq_dist_over_margin", torch.cdist(e, e).pow(2).mean() / self.margin, prog_bar=False)
+        e = out["embeddings"].float()  # the scale Eq. 8 works at: mean squared distance in T, against the margin ζ
+        values = {f"grad_norm/psi_{k}": float(v) for k, v in norms.items()}
+        values["diag/embedding_sq_dist_over_margin"] = float(torch.cdist(e, e).pow(2).mean() / self.margin)
+        # straight to the logger at this step: self.log would repeat the value at every later flush
+        if self._trainer is not None and self.logger is not None:
+            self.logger.log_metrics(values, step=self.global_step)
+        return values
