@@ -164,9 +164,10 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             have = json.loads(path.read_text())
         except json.JSONDecodeError:
             have = None
-        if have is not None and have != json.loads(json.dumps(wanted, default=str)):
-            a, b = _flat(have), _flat(json.loads(json.dumps(wanted, default=str)))
-            key = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        a, b = _flat(have or {}), _flat(json.loads(json.dumps(wanted, default=str)))
+        # a key added to the configs since (absent there, null here) changes nothing: same run
+        key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
+        if have is not None and key is not None:
             raise ConfigError(
                 f"{run_dir} already holds a run with {key}={a.get(key)!r} (now {b.get(key)!r}); "
                 "choose another hydra.run.dir or delete that folder"
@@ -200,7 +201,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.progress:
         print(dm.describe())
     module = build_module(cfg, dm.num_classes)
-    dm.check_meta_split(cfg.method.name, needs_meta_split=hasattr(module, "meta_objective"))
+    dm.check_meta_split(cfg.method.name, needs_meta_split=module.needs_meta_split)
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = last.is_file()

@@ -120,3 +120,20 @@ def test_rerunning_a_sweep_completes_only_what_is_missing(tmp_path: Path) -> Non
     assert proc.stdout.count("already finished") == 1 and f"already finished: {done}" in proc.stdout
     assert done.read_bytes() == kept and lost.is_file()
     assert json.loads(lost.read_text())["resumed"] is True  # restarted from its last.ckpt
+
+
+def test_run_dir_claim_treats_a_key_added_as_null_as_the_same_run(tmp_path: Path) -> None:
+    """A config key added since a run (null by default) must not orphan it; a changed value still refuses."""
+    import json as _json
+
+    from omegaconf import OmegaConf
+
+    from masf_lightning.errors import ConfigError
+    from masf_lightning.pipeline import RUN_CONFIG_FILE, claim_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / RUN_CONFIG_FILE).write_text(_json.dumps({"seed": 0, "data": {"root": "x"}}))
+    assert claim_run_dir(OmegaConf.create({"seed": 0, "data": {"root": "x", "sources": None}}), run_dir) is None
+    with pytest.raises(ConfigError, match="data.root='x'"):
+        claim_run_dir(OmegaConf.create({"seed": 0, "data": {"root": "y", "sources": None}}), run_dir)

@@ -21,6 +21,8 @@ class DGModule(pl.LightningModule):
     selected on) and `oracle/target_test_acc` (what the paper's code reported).
     """
 
+    needs_meta_split: bool = False  # True: each episode splits the sources into meta-train / meta-test (≥ 2 needed)
+
     def __init__(
         self,
         backbone: Backbone,

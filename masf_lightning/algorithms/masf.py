@@ -45,6 +45,7 @@ REDUCTIONS = ("mean", "sum")
 class MASF(DGModule):
     """Meta-learning over magnifications: featurizer F_ψ, classifier F_θ, embedder F_φ (paper Fig. 1)."""
 
+    needs_meta_split = True
     # False = autograd's own double backward of conv (same values, slower; experiments/bench.py --ablations).
     conv_double_backward_by_convs: bool = True
 
