@@ -63,6 +63,7 @@ class MASF(DGModule):
         inner_reduction: str = "mean",  # Eq. 9's gradient of the batch mean, or of the sum (public code)
         inner_clip: float | None = None,  # per-tensor norm clip of the inner gradient (MASF code: 2.0)
         meta_clip: float | None = 2.0,  # separate: per-tensor norm clip of the meta gradient (MASF code: 2.0)
+        meta_lr: float | None = None,  # separate: the meta Adam's lr; None = η (MASF code)
         meta_updates_embedder: bool = False,  # separate: the code's meta op also steps φ (a name-filter slip)
         outer_clip: float | None = None,  # joint: per-tensor norm clip of the applied gradient
         class_average: str = "present",  # Eq. 6 over classes present in both domains, or "all" (MASF code)
@@ -83,6 +84,7 @@ class MASF(DGModule):
         self.first_order, self.layout, self.inner_reduction = first_order, optimizers, inner_reduction
         self.inner_clip, self.meta_clip, self.outer_clip = inner_clip, meta_clip, outer_clip
         self.meta_updates_embedder = meta_updates_embedder
+        self.meta_lr = self.lr if meta_lr is None else meta_lr
         self.class_average, self.triplet_fraction = class_average, triplet_fraction
         self.grad_norm_every = grad_norm_every
 
@@ -176,7 +178,7 @@ class MASF(DGModule):
         if self.layout == "joint":
             return self.adam([{"params": psi_theta, "lr": self.lr}, {"params": phi, "lr": self.metric_lr}])
         meta_params = psi_theta + phi if self.meta_updates_embedder else psi_theta
-        return [self.adam(psi_theta, self.lr), self.adam(meta_params, self.lr), self.adam(phi, self.metric_lr)]  # task, meta, metric
+        return [self.adam(psi_theta, self.lr), self.adam(meta_params, self.meta_lr), self.adam(phi, self.metric_lr)]  # task, meta, metric
 
     # -- diagnostics ------------------------------------------------------------------------------
     @torch.no_grad()
