@@ -241,3 +241,12 @@ def test_script_runs_from_the_command_line(tmp_path: Path) -> None:
     assert proc.stdout == GOLDEN_MD.read_text()
     proc = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith("collect: no metrics.json")
+
+
+def test_two_synthetic_datasets_are_two_groups() -> None:
+    from masf_lightning.eval.results import _data_name
+
+    study = {"data": {"synthetic": {"seed": 0, "patients_per_type": 20, "images_per_magnification": 21}}}
+    default = {"data": {"synthetic": {"seed": 0, "patients_per_type": 6, "images_per_magnification": 8}}}
+    assert _data_name(study) == "synthetic 20×21" and _data_name(default) == "synthetic 6×8"
+    assert _data_name({"data": {"synthetic": None, "root": "/x"}}) == "breakhis"

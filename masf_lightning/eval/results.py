@@ -111,11 +111,16 @@ def _get(cfg: dict[str, Any] | None, *keys: str) -> Any:
 
 
 def _data_name(cfg: dict[str, Any] | None) -> str:
-    """synthetic | breakhis: averaging generated and real images together would be meaningless."""
+    """breakhis | synthetic [P×I]: averaging real and generated images, or two generated sets (P patients per
+    type × I images per magnification), together would be meaningless."""
     data = (cfg or {}).get("data")
     if not isinstance(data, dict):
         return "unknown"
-    return "synthetic" if data.get("synthetic") else "breakhis"
+    syn = data.get("synthetic")
+    if not syn:
+        return "breakhis"
+    size = (syn.get("patients_per_type"), syn.get("images_per_magnification")) if isinstance(syn, dict) else (None, None)
+    return f"synthetic {size[0]}×{size[1]}" if None not in size else "synthetic"
 
 
 def method_column(method: str, cfg: dict[str, Any] | None) -> str:
