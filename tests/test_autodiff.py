@@ -65,3 +65,13 @@ def test_straight_through_has_value_of_one_and_gradient_of_other() -> None:
 def test_mean_across_ranks_is_identity_in_one_process() -> None:
     t = [torch.ones(2, 3), torch.zeros(4)]
     assert all(torch.equal(a, b) for a, b in zip(mean_across_ranks(t), t, strict=True))
+
+
+def test_in_place_clip_equals_the_differentiable_one() -> None:
+    from masf_lightning.autodiff import clip_per_tensor_
+
+    g = [torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4]), torch.zeros(3)]
+    want = clip_per_tensor([t.clone() for t in g], 2.0)
+    got = clip_per_tensor_(g, 2.0)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want, strict=True))
+    assert got[0] is g[0] and torch.allclose(g[0], torch.tensor([1.2, 1.6])), "in place"

@@ -21,6 +21,7 @@ from torch.func import functional_call
 from masf_lightning.algorithms.base import DGModule
 from masf_lightning.autodiff import (
     clip_per_tensor,
+    clip_per_tensor_,
     conv_double_backward_by_convs,
     gather_across_ranks,
     mean_across_ranks,
@@ -108,7 +109,8 @@ class MASF(DGModule):
         # Eq. 9: (ψ′, θ′) = (ψ, θ) − α ∇L_cr. The public code differentiates the per-example loss vector, i.e. the
         # sum over each domain's batch (averaged over domains); first order stops the gradient through ∇L_cr.
         scale = len(x_tr) * world_size() / len(meta_train) if self.inner_reduction == "sum" else 1.0
-        inner = clip_per_tensor([scale * (g.detach() if self.first_order else g) for g in grads], self.inner_clip)
+        inner = [g.detach() if self.first_order else g for g in grads]
+        inner = clip_per_tensor([scale * g for g in inner] if scale != 1.0 else inner, self.inner_clip)
         fast = [p - self.inner_lr * g for p, g in zip(params, inner, strict=True)]
         psi_f, theta_f = dict(zip(psi, fast[: len(psi)], strict=True)), dict(zip(theta, fast[len(psi) :], strict=True))
 
@@ -161,7 +163,7 @@ class MASF(DGModule):
         the one Lightning step per call does, so global_step counts meta-iterations."""
         psi_theta, phi = self.psi_theta(), list(self.embedder.parameters())
         if self.layout == "joint":  # Eq. 11 as written: one Adam on ∇(L_cr + L_meta); Eq. 12 for φ in its own group
-            joint = clip_per_tensor([t + m for t, m in zip(g["task"], g["meta"], strict=True)], self.outer_clip)
+            joint = clip_per_tensor_(torch._foreach_add(g["task"], g["meta"]), self.outer_clip)
             self.step_with(optimizers, psi_theta + phi, joint + g["metric"])
             return
         task, meta, metric = optimizers  # the public code: three Adams, each on its own gradient
@@ -170,7 +172,7 @@ class MASF(DGModule):
         meta_params, meta_grads = psi_theta, g["meta"]  # Eq. 11's L_meta term, lr η, clipped per tensor
         if self.meta_updates_embedder:
             meta_params, meta_grads = psi_theta + phi, meta_grads + [self.beta_tri * m for m in g["metric"]]
-        self.step_with(meta, meta_params, clip_per_tensor(meta_grads, self.meta_clip))
+        self.step_with(meta, meta_params, clip_per_tensor_(meta_grads, self.meta_clip))
 
     def configure_optimizers(self) -> Any:
         # separate: only `meta` steps through Lightning (apply_gradients), so global_step counts meta-iterations.

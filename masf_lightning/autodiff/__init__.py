@@ -7,10 +7,11 @@ from masf_lightning.autodiff.distributed import (
     sum_across_ranks,
     world_size,
 )
-from masf_lightning.autodiff.grads import clip_per_tensor, straight_through
+from masf_lightning.autodiff.grads import clip_per_tensor, clip_per_tensor_, straight_through
 
 __all__ = [
     "clip_per_tensor",
+    "clip_per_tensor_",
     "conv_double_backward_by_convs",
     "gather_across_ranks",
     "mean_across_ranks",
