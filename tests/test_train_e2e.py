@@ -13,7 +13,9 @@ METRIC_KEYS = {
     "method", "task", "target", "sources", "seed", "protocol", "selection", "selected_step",
     "target_test_acc", "target_test_balanced_acc", "target_test_macro_f1",
     "knn1_features_acc", "knn5_features_acc", "knn1_embeddings_acc", "knn5_embeddings_acc",
-    "source_val_acc", "wall_time_s", "steps_done", "oracle_target_test_acc", "oracle_step",
+    "source_val_acc", "wall_time_s", "steps_done", "oracle_target_test_acc", "oracle_step", "source_test_acc",
+    "patient_recognition_rate", "patient_vote_acc", "knn3_features_acc", "map5_features", "map10_features",
+    "own_patient_recall1_features", "mag_predictability_features", "class_gap_features", "target_test_ece",
 }  # fmt: skip
 
 
