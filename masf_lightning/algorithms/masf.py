@@ -7,7 +7,8 @@ numbers: three Adams stepping on gradients taken at the same weights —
     meta   ∇(β1 L_gen + β2 L_tri)       → (ψ, θ) [+ φ, the code's name-filter slip, off by default], lr η, clipped per tensor
     metric ∇_φ L_tri                    → φ, lr γ
 Adam divides each gradient by its own running scale, so each term gets its own η-sized step whatever
-the magnitudes; summed into one Adam, whichever term has the larger gradient steers.
+the magnitudes; summed into one Adam, whichever term has the larger gradient steers. (The code's metric op
+minimizes 0.005·L_tri; a constant factor changes an Adam step only through ε, so φ gets ∇_φ L_tri, Eq. 12.)
 """
 
 from __future__ import annotations
