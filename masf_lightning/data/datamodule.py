@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from masf_lightning.data.augment import augment, center_crop
 from masf_lightning.data.breakhis import class_names, domain_name, index_breakhis, parse_domain
 from masf_lightning.data.cache import CachedImages, Geometry, build_cache
 from masf_lightning.data.splits import check_split_covers, make_split, write_split_manifest
@@ -138,30 +139,6 @@ class _Rows(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.rows[i]
-
-
-def augment(x: torch.Tensor, out_size: int, params: torch.Tensor) -> torch.Tensor:
-    """Per-sample crop to out_size at (oy, ox), horizontal flip and k·90° rotation (params rows: oy, ox, flip, k).
-
-    Histology has no canonical orientation, so flips and right-angle rotations are label-preserving.
-    Slicing per sample keeps this a memory copy (a 4-D gather index was ~40× slower on CPU).
-    """
-    p = params.tolist()
-    crops = [x[i, :, oy : oy + out_size, ox : ox + out_size] for i, (oy, ox, _, _) in enumerate(p)]
-    out = []
-    for crop, (_, _, flip, k) in zip(crops, p, strict=True):
-        if flip:
-            crop = crop.flip(-1)
-        if k:
-            crop = torch.rot90(crop, k, dims=(-2, -1))
-        out.append(crop)
-    return torch.stack(out)
-
-
-def center_crop(x: torch.Tensor, out_size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    top, left = (h - out_size) // 2, (w - out_size) // 2
-    return x[..., top : top + out_size, left : left + out_size]
 
 
 class BreakhisDataModule(pl.LightningDataModule):
