@@ -18,19 +18,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from masf_lightning.data.decode import decode_rgb_file
+from masf_lightning.data.stain import IdentityNormalizer, StainNormalizer
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.io import atomic_path
-
-if TYPE_CHECKING:
-    from masf_lightning.data.stain import StainNormalizer
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -104,49 +102,9 @@ class CachedImages:
     path: Path
 
 
-def decode_rgb_file(path: str | os.PathLike[str]) -> tuple[torch.Tensor, bool]:
-    """Decode an image file to uint8 3×H×W; returns (image, whether an alpha channel was dropped).
-
-    Policy: RGBA → RGB by dropping alpha (slide exporters add an opaque alpha; the colours are intact);
-    16-bit → 8-bit by scaling; grayscale → DataError, because a grey image has no stain information and
-    in an H&E dataset (BreaKHis is all RGB) it means a wrong or damaged file. Missing, unreadable,
-    corrupt or truncated files are a DataError naming the file.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read image file ({exc.strerror or exc})") from None
-    if not data:
-        raise DataError(f"{path}: image file is empty")
-    try:
-        image = decode_image(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED
-        )
-    except (RuntimeError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: corrupt or truncated image ({reason})") from None
-    if image.dtype != torch.uint8:
-        image = TF.to_dtype(image, torch.uint8, scale=True)
-    channels = image.shape[0]
-    if channels in (1, 2):
-        raise DataError(f"{path}: grayscale image; expected an RGB H&E image")
-    if channels == 4:
-        return image[:3].contiguous(), True
-    if channels != 3:
-        raise DataError(f"{path}: unexpected {channels}-channel image")
-    return image, False
-
-
 def _or_identity(normalizer: StainNormalizer | None) -> StainNormalizer:
     """None means no stain normalization (a config with `stain: null`)."""
-    if normalizer is not None:
-        return normalizer
-    from masf_lightning.data.stain import IdentityNormalizer
-
-    return IdentityNormalizer()
+    return normalizer if normalizer is not None else IdentityNormalizer()
 
 
 def _normalize_region(images: torch.Tensor, normalizer: StainNormalizer, geometry: Geometry) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from kornia.color import lab_to_rgb, rgb_to_linear_rgb, rgb_to_xyz
 
-from masf_lightning.data.cache import decode_rgb_file
+from masf_lightning.data.decode import decode_rgb_file
 from masf_lightning.errors import ConfigError
 
 __all__ = [
