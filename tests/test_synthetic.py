@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -35,6 +36,48 @@ PATH_RE = re.compile(
     rf"SOB_(?P<bm>[BM])_(?P<type>[A-Z]+)_(?P<pid>{PID})/(?P<mag>40|100|200|400)X/"
     rf"SOB_(?P<bm2>[BM])_(?P<type2>[A-Z]+)-(?P<pid2>{PID})-(?P<mag2>40|100|200|400)-(?P<seq>\d{{3}})\.png"
 )
+
+
+# SHA-256 of the PNG files the generator writes for TINY (patient 0, image 001 of every type at every
+# magnification). Produced by the generator as it stood in one module, masf_lightning/data/synthetic.py
+# (commit ccce545), before it became a package: they pin its output, so any change to the pixels a seed
+# gives (or to how they are encoded) fails here. Changing the pixels on purpose means bumping
+# _FORMAT_VERSION and these together. Pillow 13.0 with zlib 1.2.13 wrote them; a Pillow built on another
+# zlib may compress the same pixels into other bytes, so if only that changed, compare pixels, then re-pin.
+PINNED_SHA256 = {
+    ("A", 40): "bcfd93f5cd6ec733a69256a1630d472647b3f723ff38c1b7e4d264f41071cb38",
+    ("A", 100): "d229173c0bb799278ead07660c6b761d63caecd2978dc2fe72801d12474d666f",
+    ("A", 200): "7ae00cdddb0f9dd12720109284f05231d9096bd40b914bdb5d8c749ed549d801",
+    ("A", 400): "1e6f0f86265115bf8c98d329de371ecd41c8e1959d2c5a9a81d60952c64d225c",
+    ("F", 40): "771fd8ce638afe71f47c1756ef94b91a44350aca582d1819c00564df3fbe1a89",
+    ("F", 100): "c69f32f1b23d1cef92ec6db0292368a138492f91ff50e3f93600d301d59bbe5b",
+    ("F", 200): "a499a401824053b57fbd8b7895b953f083582c99c5c5799395a559bff679ce59",
+    ("F", 400): "d9562b768509727cd48906361ff11639145330526ee343ce3dc7e06d263ad720",
+    ("PT", 40): "1f0b9f4bd8a7163a3e3b94a8883742924e0b68283acf12e172835a6c2f2af2f3",
+    ("PT", 100): "667832577244aefa4c21040b0b45c2165de56768f59c38f651d70f4b40781332",
+    ("PT", 200): "a4f55cc750933854bad6c9cdd9173cd1440a2bcad549449204a8a15fc1927205",
+    ("PT", 400): "67019d7330c321f3c43626dfb83a8639d99285166e6007cc81da73acd3d8db81",
+    ("TA", 40): "500509d5d0b44be7eaaffd7068a63e7b1613e5288563682be14bb30a24b06eee",
+    ("TA", 100): "d4b25eeefc3ecc2e60b900827b2ae7e84eb9b01f5ca20163fe34978502c48a9c",
+    ("TA", 200): "a274d547834c74839b375d6ccb419f3d8ebbd2800b64ba11ea8b2ad47b99ed81",
+    ("TA", 400): "f71b49bfa30951b26c811dfa4ba01a9ae5f03237e35b2f7adcbd65bfe402b932",
+    ("DC", 40): "ecc6f8535bbe485482bfc9a7410fcfb4eaa34eb335912693bd75483b3e741828",
+    ("DC", 100): "2e7eef084d027544d679be2c718e5ee82ca35ceb72a1ec11bd50203ef5901d7b",
+    ("DC", 200): "eb6ee3e7537755d957f1779383acf4d30c97d61bc4f05e7fac69ee728c9082a5",
+    ("DC", 400): "94f28c940fd96f4c842d1284f37b75a706af24a399c861a6538628226ff6f8a1",
+    ("LC", 40): "2fe1c1b4b56b1601569420750a8203e25a062ed49345bca17a927fd9c54eb487",
+    ("LC", 100): "7eb42b6d56c40cbe2591b7b3066f907a24914144587141b96ee24599c9a3ab1b",
+    ("LC", 200): "21124b0547c2bce8952abc123f6f91832ea632723ccf529e1396b3ddd7e92e91",
+    ("LC", 400): "b7c10d4cab7c8606abbc628434d03228456b1d60eddc2313074a76af614a84b7",
+    ("MC", 40): "a2f5c852ffc49416a4272aba805f137115df506476a42a4929b38adb661fee4c",
+    ("MC", 100): "23b043a24d65ee55363146737ed7b25a1b19ed49be9a1f4647c00c517d566b89",
+    ("MC", 200): "8aa80ecfedc77e0039c6f18eba95f8502ca010eb66aedbdd9f8cfa8da8bf76bf",
+    ("MC", 400): "7dbad5b82ad6d56725dbc9d55f7956587f663fec974651d0c096583a53d53d6a",
+    ("PC", 40): "741e42e3479c6f3eafe4f77a8b55b49a39483f3926fb2de2f1c0a39d869725ac",
+    ("PC", 100): "61d57a1acfbfb7f3f10c084e231a2a76053875aa3b5a714bf414340633bc8166",
+    ("PC", 200): "1923af8a206697114d26fb5e84bb17f026d01499d9ef3eafe320c3a2a8149b08",
+    ("PC", 400): "6284b34df7f9132f4f063c45606cf1f3cbff033acabbc152a49ebef7cbf89111",
+}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +148,19 @@ def test_same_seed_gives_identical_bytes(tiny: Path, tmp_path: Path) -> None:
     )[::37]:
         img = syn.render_image(code, mag, seed=0, patient=patient, index=index, size=(64, 42))
         assert np.array_equal(img, np.asarray(Image.open(tiny / rel)))
+
+
+def test_output_is_pinned(tiny: Path) -> None:
+    """The generator writes, byte for byte, what it wrote when PINNED_SHA256 was recorded."""
+    got = {
+        (code, mag): hashlib.sha256((tiny / rel).read_bytes()).hexdigest()
+        for code, patient, mag, index, rel in syn.expected_files(
+            seed=0, patients_per_type=3, images_per_magnification=2
+        )
+        if patient == 0 and index == 0
+    }
+    changed = sorted(k for k in PINNED_SHA256 if got.get(k) != PINNED_SHA256[k])
+    assert got.keys() == PINNED_SHA256.keys() and not changed, f"PNG bytes changed for {changed}"
 
 
 def test_other_seed_gives_other_data(tmp_path: Path) -> None:
