@@ -1,7 +1,9 @@
-"""MASF loss functions (paper Sections 3.1-3.3): cross-entropy, global class alignment, semi-hard triplet.
+"""Loss functions: MASF's (paper Sections 3.1-3.3: cross-entropy, global class alignment, semi-hard triplet) and
+CORAL's feature-statistics penalty.
 
-All functions are pure: tensors in, tensors out, no module state. Equation numbers refer to
-/work/shared/paper/magnification-generalization-masf.md (Sikaroudi et al., after Dou et al. 2019).
+All functions are pure: tensors in, tensors out, no module state. Equation numbers refer to Sikaroudi et al.,
+"Magnification Generalization for Histopathology Image Embedding" (IEEE ISBI 2021), which follows MASF (Dou et al.,
+"Domain Generalization via Model-Agnostic Learning of Semantic Features", NeurIPS 2019).
 """
 
 from __future__ import annotations
@@ -147,3 +149,17 @@ def triplet_semihard_loss(embeddings: Tensor, labels: Tensor, margin: float = 10
     total = torch.where(valid, hinge, torch.zeros_like(hinge)).sum()
     # clamp(min=1): no valid pair gives 0 / 1 = 0 rather than TF's 0 / 0 = NaN; no host sync needed.
     return total / valid.sum().clamp(min=1).to(total.dtype)
+
+
+def coral_penalty(a: Tensor, b: Tensor) -> Tensor:
+    """CORAL (Sun & Saenko, ECCV-W 2016) as DomainBed trains it: the mean squared difference of two feature sets'
+    means plus the mean squared difference of their covariances (unbiased), entry-wise over [D] and [D, D].
+
+    Sun & Saenko's ‖C_a − C_b‖²_F / 4D² is the covariance term up to a constant; DomainBed adds the mean term.
+    Zero for feature sets with equal first and second moments, e.g. a permutation of the same rows.
+    """
+    mean_a, mean_b = a.mean(0, keepdim=True), b.mean(0, keepdim=True)
+    cent_a, cent_b = a - mean_a, b - mean_b
+    cov_a = cent_a.T @ cent_a / (len(a) - 1)
+    cov_b = cent_b.T @ cent_b / (len(b) - 1)
+    return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()

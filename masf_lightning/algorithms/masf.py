@@ -21,19 +21,17 @@ from torch.func import functional_call
 
 from masf_lightning.algorithms.base import DGModule
 from masf_lightning.autodiff import (
-    clip_per_tensor,
     clip_per_tensor_,
-    conv_double_backward_by_convs,
     gather_across_ranks,
-    mean_across_ranks,
+    inner_step,
     straight_through,
     sum_across_ranks,
+    sum_scale,
     world_size,
 )
 from masf_lightning.errors import ConfigError
 from masf_lightning.losses import (
     class_soft_labels,
-    cross_entropy,
     global_alignment_loss,
     triplet_semihard_loss,
 )
@@ -96,24 +94,17 @@ class MASF(DGModule):
     def meta_objective(self, batches: Batches, meta_train: Sequence[str], meta_test: Sequence[str]) -> dict[str, Any]:
         """One episode, Eqs. 3–10. `carrier`'s gradient is ∇L_meta through (ψ′, θ′) for (ψ, θ) and ∇_φ L_tri for φ;
         `cr_grads` is ∇_(ψ,θ) L_cr, already in hand from the inner step."""
-        psi, theta = dict(self.featurizer.named_parameters()), dict(self.classifier.named_parameters())
-        params = [*psi.values(), *theta.values()]
         names = list(meta_train) + [d for d in batches if d not in meta_train]
         x_tr = torch.cat([batches[d][0] for d in meta_train])
         y_tr = torch.cat([batches[d][1] for d in meta_train])
 
-        # Eq. 3 on the meta-train magnifications, one forward for all (convs get a cheaper double backward).
-        with conv_double_backward_by_convs(self.conv_double_backward_by_convs and not self.first_order, x_tr.device.type):
-            cr = cross_entropy(functional_call(self.classifier, theta, functional_call(self.featurizer, psi, x_tr)), y_tr)
-        grads = mean_across_ranks(list(torch.autograd.grad(cr, params, create_graph=not self.first_order)))
-
-        # Eq. 9: (ψ′, θ′) = (ψ, θ) − α ∇L_cr. The public code differentiates the per-example loss vector, i.e. the
-        # sum over each domain's batch (averaged over domains); first order stops the gradient through ∇L_cr.
-        scale = len(x_tr) * world_size() / len(meta_train) if self.inner_reduction == "sum" else 1.0
-        inner = [g.detach() if self.first_order else g for g in grads]
-        inner = clip_per_tensor([scale * g for g in inner] if scale != 1.0 else inner, self.inner_clip)
-        fast = [p - self.inner_lr * g for p, g in zip(params, inner, strict=True)]
-        psi_f, theta_f = dict(zip(psi, fast[: len(psi)], strict=True)), dict(zip(theta, fast[len(psi) :], strict=True))
+        # Eq. 3 on the meta-train magnifications and Eq. 9: (ψ′, θ′) = (ψ, θ) − α ∇L_cr. The public code differentiates
+        # the per-example loss vector, i.e. the sum over each domain's batch (averaged over domains); first order stops
+        # the gradient through ∇L_cr.
+        step = inner_step(self.featurizer, self.classifier, x_tr, y_tr, self.inner_lr, self.first_order,
+                          sum_scale(len(x_tr), len(meta_train), self.inner_reduction), self.inner_clip,
+                          self.conv_double_backward_by_convs)  # fmt: skip
+        cr, grads, psi_f, theta_f = step.loss, step.grads, step.psi, step.theta
 
         # One ψ′ forward of every source magnification, split back per domain.
         sizes = [len(batches[d][0]) for d in names]
