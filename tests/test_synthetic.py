@@ -197,7 +197,7 @@ def test_interrupted_run_leaves_nothing_and_reruns_cleanly(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    write = syn._write_png
+    write = syn.writer._write_png
 
     def flaky(path: Path, img: np.ndarray) -> None:
         calls["n"] += 1
@@ -205,12 +205,12 @@ def test_interrupted_run_leaves_nothing_and_reruns_cleanly(
             raise KeyboardInterrupt
         write(path, img)
 
-    monkeypatch.setattr(syn, "_write_png", flaky)
+    monkeypatch.setattr(syn.writer, "_write_png", flaky)
     out = tmp_path / "data"
     with pytest.raises(KeyboardInterrupt):
         syn.generate_synthetic_breakhis(out, **TINY, workers=1)
     assert list(out.iterdir()) == []  # no half tree, no marker, no staging folder
-    monkeypatch.setattr(syn, "_write_png", write)
+    monkeypatch.setattr(syn.writer, "_write_png", write)
     syn.generate_synthetic_breakhis(out, **TINY)
     assert [p.read_bytes() for p in _pngs(out)] == [p.read_bytes() for p in _pngs(tiny)]
 
