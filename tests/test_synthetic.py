@@ -15,6 +15,8 @@ from PIL import Image
 from masf_lightning.data import synthetic as syn
 from masf_lightning.errors import ConfigError, DataError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TINY = {"seed": 0, "patients_per_type": 3, "images_per_magnification": 2, "size": (64, 42), "progress": False}
 N_TINY = 8 * 3 * 4 * 2
 
@@ -298,3 +300,26 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "already present" in capsys.readouterr().out
     assert syn.main([*args[:-1], "48x30", "--no-progress"]) == 2  # different parameters: refused
     assert "another folder" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_what_train_py_asks_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m masf_lightning.data.synthetic OUT` makes the tree `python train.py data.root=OUT` accepts."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        asked = OmegaConf.to_container(compose("train").data.synthetic)  # what the datamodule generates
+    made: dict = {}
+
+    def record(out: str, **kwargs: object) -> Path:
+        made.update(kwargs)
+        return Path(out)
+
+    monkeypatch.setattr(syn.cli, "generate_synthetic_breakhis", record)
+    assert syn.main([str(tmp_path), "--no-progress"]) == 0
+    made.pop("progress")
+    # the generator accepts an existing tree exactly when these parameter records are equal
+    assert syn.writer._params(**made) == syn.writer._params(**asked), (made, asked)
+
