@@ -323,3 +323,11 @@ def test_cli_defaults_are_what_train_py_asks_for(
     # the generator accepts an existing tree exactly when these parameter records are equal
     assert syn.writer._params(**made) == syn.writer._params(**asked), (made, asked)
 
+
+def test_datamodule_reads_the_tree_and_lists_magnifications_in_order(tiny: Path, tmp_path: Path) -> None:
+    from masf_lightning.data.datamodule import BreakhisDataModule
+
+    dm = BreakhisDataModule(str(tiny), cache_dir=str(tmp_path), num_workers=1, progress=False)
+    dm.prepare_data()
+    rows = [line.split()[0] for line in dm.describe().splitlines()[3:]]
+    assert rows == ["40x", "100x", "200x", "400x"], dm.describe()

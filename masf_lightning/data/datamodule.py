@@ -380,6 +380,7 @@ class BreakhisDataModule(pl.LightningDataModule):
     def describe(self) -> str:
         assert self.index is not None
         t = self.index.groupby(["domain", "split"]).size().unstack(fill_value=0)
+        t = t.sort_index(key=lambda names: names.map(parse_domain))  # 40x before 100x, not after 400x
         return f"task={self.task} target={self.target} sources={','.join(self.sources)}\n{t.to_string()}"
 
 
