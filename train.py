@@ -32,7 +32,15 @@ OmegaConf.register_new_resolver("gpu_count", _gpu_count, replace=True)
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from masf_lightning.pipeline import run, summary_line  # after Hydra parsed the CLI: `--help` stays fast
+    from masf_lightning.config import check_config
+
+    try:  # the CheckConfig callback did this before Hydra wrote anything; again for a launcher that skips it
+        check_config(cfg)
+    except MasfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+    from masf_lightning.pipeline import run, summary_line  # after the check: a bad value fails fast
 
     # Lightning's banner lines (devices, tips) and a torch-internal deprecation add nothing for our users.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,3 +162,33 @@ def test_unknown_key_names_the_key(earlier: dict[str, Path], tmp_path: Path) -> 
     proc = run_train([*tiny_overrides(earlier["data"]), "stepz=3", f"hydra.run.dir={tmp_path / 'run'}"])
     assert proc.returncode != 0
     assert "stepz" in proc.stderr.splitlines()[0] and "Traceback" not in proc.stderr
+
+
+# -- config values: checked before anything is written (masf_lightning/config) ----------------------------------
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("steps=0", "error: steps=0: must be >= 1"),
+        ("data.batch_size_per_domain=0", "error: data.batch_size_per_domain=0: must be >= 1"),
+        ("seed=abc", "error: seed=abc: must be an integer in 0..4294967295"),
+        ("hparams.lr=-1", "error: hparams.lr=-1: must be > 0"),
+        ("hparams.temperature=0", "error: hparams.temperature=0: must be > 0"),
+    ],
+)
+def test_bad_value_is_one_line_before_anything_is_written(override: str, line: str, tmp_path: Path) -> None:
+    """The run folder (Hydra's default, under the working directory), its .hydra/, the data: none appears."""
+    started = time.monotonic()
+    proc = run_train([*tiny_overrides(tmp_path / "data"), override], cwd=tmp_path)
+    assert time.monotonic() - started < 10
+    assert (proc.returncode, proc.stderr.strip().splitlines(), proc.stdout) == (2, [line], "")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_sweep_with_one_bad_value_fails_before_any_job(launcher: str, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [*tiny_overrides(tmp_path / "data"), "-m", "method=masf,deepall", "hparams.lr=1e-3,-1", f"hydra.sweep.dir={sweep}"]
+    proc = run_train([*args, *(["hydra/launcher=joblib"] if launcher == "joblib" else [])], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["error: hparams.lr=-1: must be > 0 (sweep job method=masf hparams.lr=-1; no job started)"]
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no data generated

@@ -1,0 +1,74 @@
+"""A Hydra callback that checks the config before Hydra writes anything: the run's, or every job's of a sweep.
+
+Registered under `hydra.callbacks` in conf/train.yaml. `on_run_start` comes before Hydra creates the run
+folder; `on_multirun_start` before the first job of any launcher starts, so a sweep with one bad value
+fails in seconds, not after the jobs before it have trained. A bad value ends the process with one
+`error:` line and exit code 2 (Hydra turns a callback's exception into a warning, hence the exit here).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from masf_lightning.config.check import check_config
+from masf_lightning.errors import ConfigError
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _check_or_exit(config: DictConfig, job: Sequence[str] | None = None) -> None:
+    """check_config with `${hydra:…}` resolvable (Hydra sets its config only when a job starts)."""
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        hydra_config.set_config(config)
+        check_config(config)
+    except ConfigError as exc:
+        where = "" if job is None else f" (sweep job {' '.join(job)}; no job started)" if job else " (sweep; no job started)"
+        print(f"error: {exc}{where}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    finally:
+        hydra_config.cfg = before
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The override list of every job the basic sweeper will launch (None under another sweeper)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    return [job for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None) for job in batch]
+
+
+class CheckConfig(Callback):
+    """Checks the composed config against masf_lightning.config.schema before any job writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_or_exit(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        loader = GlobalHydra.instance().config_loader()
+        try:
+            jobs = sweep_jobs(config) or []
+        except HydraException:
+            return  # a sweep that does not parse: the sweeper reports it in Hydra's words
+        shared = set.intersection(*(set(job) for job in jobs)) if jobs else set()  # name a job by what varies
+        for job in jobs:
+            try:
+                job_config = loader.load_sweep_config(config, job)
+            except (HydraException, OmegaConfBaseException):
+                return  # nor one that does not compose
+            _check_or_exit(job_config, [o for o in job if o not in shared])

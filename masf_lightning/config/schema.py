@@ -1,0 +1,387 @@
+"""The typed schema of the composed Hydra config: every key's type, and its range, set or length.
+
+conf/ stays what users edit; these dataclasses say what each key may hold, `check.py` applies them to the
+composed config before any work starts. A group whose options build different objects (backbone, stain,
+method) has one dataclass per `_target_`. Relations between keys live in `check.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# Sets the code defines elsewhere; tests/test_config_schema.py asserts they agree, so this module stays light
+# (no torch): the check runs before anything heavy is imported.
+TASKS = ("tumor_type", "malignancy")  # data/breakhis.py
+MAGNIFICATIONS = ("40x", "100x", "200x", "400x")  # data/breakhis.py
+SELECTIONS = ("source_val", "target_val", "last")  # pipeline.py
+PROTOCOLS = ("patient", "paper", "official_fold")  # data/splits.py
+LAYOUTS = ("separate", "joint")  # algorithms/masf.py
+REDUCTIONS = ("mean", "sum")  # algorithms/masf.py
+CLASS_AVERAGES = ("present", "all")  # losses.py
+GEOMETRIES = ("resize", "center_crop")  # data/cache.py
+IMAGENET_WEIGHTS = ("IMAGENET1K_V1",)  # torchvision's weight sets of alexnet and resnet18
+SYNTHETIC_MIN_SIDE, SYNTHETIC_MAX_SIZE = 16, (700, 460)  # data/synthetic
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true",
+              "64-true", "transformer-engine", "transformer-engine-float16")  # lightning_fabric's _PRECISION_INPUT  # fmt: skip
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+# Trainer arguments that pipeline.py sets from other keys: a second value would clash.
+TRAINER_SET_BY_RUN = {
+    "max_steps": "steps", "val_check_interval": "val_every", "enable_progress_bar": "progress",
+    "check_val_every_n_epoch": "val_every", "num_sanity_val_steps": None, "use_distributed_sampler": None,
+    "callbacks": None, "logger": None, "enable_model_summary": None, "log_every_n_steps": None, "default_root_dir": None,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a key allows beyond its type: bounds, a set, a list length, one more condition `test`.
+    `says` replaces the words the rest would give (a test's condition needs its own)."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] = ()
+    length: int | None = None
+    min_length: int = 0
+    test: Callable[[Any], bool] | None = None
+    says: str = ""
+
+    def bounds(self) -> str:
+        """'> 0', '>= 1', 'in (0, 100]', 'in 1..999': the range in words, '' when there is none."""
+        lo = (self.gt, "(") if self.gt is not None else (self.ge, "[") if self.ge is not None else None
+        hi = (self.lt, ")") if self.lt is not None else (self.le, "]") if self.le is not None else None
+        if lo and hi:
+            if lo[1] == "[" and hi[1] == "]" and float(lo[0]).is_integer() and float(hi[0]).is_integer():
+                return f"in {_num(lo[0])}..{_num(hi[0])}"
+            return f"in {lo[1]}{_num(lo[0])}, {_num(hi[0])}{hi[1]}"
+        if lo:
+            return f"{'>' if lo[1] == '(' else '>='} {_num(lo[0])}"
+        if hi:
+            return f"{'<' if hi[1] == ')' else '<='} {_num(hi[0])}"
+        return ""
+
+    def admits(self, x: Any) -> bool:
+        """Bounds and set of one scalar (a list's items each)."""
+        if self.choices:
+            return any(type(x) is type(c) and x == c for c in self.choices)
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            return (
+                (self.gt is None or x > self.gt)
+                and (self.ge is None or x >= self.ge)
+                and (self.lt is None or x < self.lt)
+                and (self.le is None or x <= self.le)
+            )
+        return True
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def rule(**kwargs: Any) -> Any:
+    """A schema field with its Rule (the dataclasses are never instantiated: no defaults)."""
+    return field(metadata={"rule": Rule(**kwargs)})
+
+
+def _fractions_ok(fr: list[float]) -> bool:
+    return abs(sum(fr) - 1.0) <= 1e-6 and fr[0] > 0 and fr[2] > 0
+
+
+def _zoom_ok(r: list[float]) -> bool:
+    return r[0] <= r[1]
+
+
+def _synthetic_size_ok(size: list[int]) -> bool:
+    (w, h), (max_w, max_h) = size, SYNTHETIC_MAX_SIZE
+    return SYNTHETIC_MIN_SIDE <= w <= max_w and SYNTHETIC_MIN_SIDE <= h <= max_h
+
+
+def _lab_ok(lab: list[float]) -> bool:
+    return 0 <= lab[0] <= 100 and all(-128 <= v <= 127 for v in lab[1:])
+
+
+def _devices_ok(d: Any) -> bool:
+    if isinstance(d, int):
+        return d >= 1 or d == -1
+    if isinstance(d, str):
+        return d == "auto" or d.strip() == "-1" or all(p.strip().isdigit() for p in d.split(",") if p.strip())
+    return all(i >= 0 for i in d)
+
+
+POSITIVE = {"gt": 0}
+NON_NEGATIVE = {"ge": 0}
+ZOOM = {"length": 2, "gt": 0, "test": _zoom_ok, "says": "a list [low, high] with 0 < low <= high"}
+
+
+# -- top level ------------------------------------------------------------------------------------------
+@dataclass
+class Paths:
+    data: str = rule()
+    cache: str = rule()
+
+
+@dataclass
+class HParams:
+    """The registry of hyper-parameters (conf/train.yaml); each method config reads what it uses."""
+
+    lr: float = rule(**POSITIVE)
+    inner_lr: float = rule(**POSITIVE)
+    metric_lr: float = rule(**POSITIVE)
+    beta_gen: float = rule(**NON_NEGATIVE)
+    beta_tri: float = rule(**NON_NEGATIVE)
+    temperature: float = rule(**POSITIVE)
+    margin: float = rule(**NON_NEGATIVE)
+    normalize_embeddings: bool = rule()
+    first_order: bool = rule()
+    optimizers: str = rule(choices=LAYOUTS)
+    inner_reduction: str = rule(choices=REDUCTIONS)
+    inner_clip: float | None = rule(**POSITIVE)
+    meta_clip: float | None = rule(**POSITIVE)
+    meta_lr: float | None = rule(**POSITIVE)
+    meta_updates_embedder: bool = rule()
+    outer_clip: float | None = rule(**POSITIVE)
+    class_average: str = rule(choices=CLASS_AVERAGES)
+    weight_decay: float = rule(**NON_NEGATIVE)
+    fused_adam: bool = rule()
+    mldg_beta: float = rule(**NON_NEGATIVE)
+    coral_weight: float = rule(**NON_NEGATIVE)
+    zoom_range: list[float] = rule(**ZOOM)
+    grad_norm_every: int = rule(**NON_NEGATIVE)
+
+
+@dataclass
+class Split:
+    protocol: str = rule(choices=PROTOCOLS)
+    seed: int = rule(ge=0, le=MAX_SEED)
+    fractions: list[float] = rule(length=3, ge=0, test=_fractions_ok, says="a list of 3 numbers >= 0 (train, val, test) summing to 1, train and test > 0")
+    fold_file: str | None = rule()
+
+
+@dataclass
+class Eval:
+    knn_k: list[int] = rule(ge=1)
+    projector: bool = rule()
+
+
+# -- data --------------------------------------------------------------------------------------------------
+@dataclass
+class Synthetic:
+    seed: int = rule(ge=0, le=MAX_SEED)
+    patients_per_type: int = rule(ge=1, le=999)
+    images_per_magnification: int = rule(ge=1, le=999)
+    size: list[int] = rule(
+        length=2, test=_synthetic_size_ok,
+        says=f"a list [width, height], width {SYNTHETIC_MIN_SIDE}..{SYNTHETIC_MAX_SIZE[0]}, height {SYNTHETIC_MIN_SIDE}..{SYNTHETIC_MAX_SIZE[1]}",
+    )  # fmt: skip
+
+
+@dataclass
+class Geometry:
+    mode: str = rule(choices=GEOMETRIES)
+    size: int = rule(ge=1)
+
+
+@dataclass
+class Data:
+    option: ClassVar[str] = "breakhis"
+    _target_: str = rule(choices=("masf_lightning.data.datamodule.BreakhisDataModule",))
+    root: str = rule()
+    synthetic: Synthetic | None = rule()
+    geometry: Geometry = rule()
+    input_size: int = rule(ge=1)
+    cache_dir: str | None = rule()
+    batch_size_per_domain: int = rule(ge=1)
+    sources: list[str] | None = rule(choices=MAGNIFICATIONS, min_length=1)
+    meta_test_domains: int = rule(ge=1)
+    class_balanced: bool = rule()
+    augment: bool = rule()
+    eval_batch_size: int = rule(ge=1)
+    images_on_device: bool = rule()
+    on_bad_file: str = rule(choices=("raise", "skip"))
+    num_workers: int = rule(ge=0)
+
+
+# -- stain: one schema per normalizer ----------------------------------------------------------------------
+@dataclass
+class Reinhard:
+    option: ClassVar[str] = "reinhard"
+    _target_: str = rule(choices=("masf_lightning.data.stain.ReinhardNormalizer",))
+    target_means: list[float] = rule(length=3, test=_lab_ok, says="a list [L, a, b], L in 0..100, a and b in -128..127")
+    target_stds: list[float] = rule(length=3, **POSITIVE)
+    reference: str | None = rule()
+    brightness_percentile: float = rule(gt=0, le=100)
+    standardize_brightness: bool = rule()
+
+
+@dataclass
+class Macenko:
+    option: ClassVar[str] = "macenko"
+    _target_: str = rule(choices=("masf_lightning.data.stain.MacenkoNormalizer",))
+    reference: str | None = rule()
+    Io: float = rule(**POSITIVE)
+    alpha: float = rule(ge=0, lt=50)  # percentile: the stain angles at alpha and 100 − alpha
+    beta: float = rule(**POSITIVE)
+
+
+@dataclass
+class NoStain:
+    option: ClassVar[str] = "none"
+    _target_: str = rule(choices=("masf_lightning.data.stain.IdentityNormalizer",))
+
+
+# -- backbone: one schema per builder ----------------------------------------------------------------------
+@dataclass
+class BackboneMasf:
+    margin: float = rule(**NON_NEGATIVE)
+    normalize_embeddings: bool = rule()
+    meta_lr: float | None = rule(**POSITIVE)
+
+
+@dataclass
+class Backbone:
+    lr: float = rule(**POSITIVE)
+    cache_size: int = rule(ge=1)
+    input_size: int = rule(ge=1)
+    geometry: str = rule(choices=GEOMETRIES)
+    masf: BackboneMasf = rule()
+
+
+@dataclass
+class Small(Backbone):
+    option: ClassVar[str] = "small"
+    _target_: str = rule(choices=("masf_lightning.models.backbones.small",))
+    width: int = rule(ge=1)
+    feature_dim: int = rule(ge=1)
+    dropout: float = rule(ge=0, lt=1)
+
+
+@dataclass
+class AlexNet(Backbone):
+    option: ClassVar[str] = "alexnet"
+    _target_: str = rule(choices=("masf_lightning.models.backbones.alexnet",))
+    weights: str | None = rule(choices=IMAGENET_WEIGHTS)
+
+
+@dataclass
+class ResNet18(Backbone):
+    option: ClassVar[str] = "resnet18"
+    _target_: str = rule(choices=("masf_lightning.models.backbones.resnet18",))
+    weights: str | None = rule(choices=IMAGENET_WEIGHTS)
+
+
+# -- method: one schema per algorithm; `needs_meta_split` as the class says -------------------------------
+@dataclass
+class Method:
+    needs_meta_split: ClassVar[bool] = False
+    name: str = rule()
+    lr: float = rule(**POSITIVE)
+    weight_decay: float = rule(**NON_NEGATIVE)
+    fused_adam: bool = rule()
+
+
+@dataclass
+class DeepAll(Method):
+    option: ClassVar[str] = "deepall"
+    _target_: str = rule(choices=("masf_lightning.algorithms.DeepAll",))
+
+
+@dataclass
+class DeepAllZoom(Method):
+    option: ClassVar[str] = "deepall_zoom"
+    _target_: str = rule(choices=("masf_lightning.algorithms.DeepAllZoom",))
+    zoom_range: list[float] = rule(**ZOOM)
+
+
+@dataclass
+class Coral(Method):
+    option: ClassVar[str] = "coral"
+    _target_: str = rule(choices=("masf_lightning.algorithms.CORAL",))
+    coral_weight: float = rule(**NON_NEGATIVE)
+
+
+@dataclass
+class Mldg(Method):
+    option: ClassVar[str] = "mldg"
+    needs_meta_split: ClassVar[bool] = True
+    _target_: str = rule(choices=("masf_lightning.algorithms.MLDG",))
+    inner_lr: float = rule(**POSITIVE)
+    beta: float = rule(**NON_NEGATIVE)
+    first_order: bool = rule()
+
+
+@dataclass
+class Embedder:
+    hidden_dim: int = rule(ge=1)
+    embedding_dim: int = rule(ge=1)
+    final_activation: bool = rule()
+    normalize: bool = rule()
+
+
+@dataclass
+class Masf(Method):
+    option: ClassVar[str] = "masf"
+    needs_meta_split: ClassVar[bool] = True
+    _target_: str = rule(choices=("masf_lightning.algorithms.MASF",))
+    inner_lr: float = rule(**POSITIVE)
+    metric_lr: float = rule(**POSITIVE)
+    beta_gen: float = rule(**NON_NEGATIVE)
+    beta_tri: float = rule(**NON_NEGATIVE)
+    temperature: float = rule(**POSITIVE)
+    margin: float = rule(**NON_NEGATIVE)
+    first_order: bool = rule()
+    optimizers: str = rule(choices=LAYOUTS)
+    inner_reduction: str = rule(choices=REDUCTIONS)
+    inner_clip: float | None = rule(**POSITIVE)
+    meta_clip: float | None = rule(**POSITIVE)
+    meta_lr: float | None = rule(**POSITIVE)
+    meta_updates_embedder: bool = rule()
+    outer_clip: float | None = rule(**POSITIVE)
+    class_average: str = rule(choices=CLASS_AVERAGES)
+    grad_norm_every: int = rule(**NON_NEGATIVE)
+    triplet_fraction: float = rule(gt=0, le=1)
+    embedder: Embedder = rule()
+
+
+# -- trainer: Lightning's Trainer arguments; keys beyond these go to Lightning as they are ----------------
+@dataclass
+class Trainer:
+    open_keys: ClassVar[bool] = True
+    accelerator: str = rule(choices=ACCELERATORS)
+    devices: int | str | list[int] = rule(test=_devices_ok, says="a number of devices >= 1, -1 (all), auto, or a list of device ids")
+    strategy: str = rule()
+    precision: int | str = rule(choices=PRECISIONS)
+    deterministic: bool | str = rule(choices=(True, False, "warn"))
+
+
+@dataclass
+class TrainConfig:
+    """conf/train.yaml composed. Fields in the order they are checked: a key another one interpolates
+    (backbone.lr → hparams.lr → method.lr) comes first, so an error names the key the user set."""
+
+    task: str = rule(choices=TASKS)
+    target: str = rule(choices=MAGNIFICATIONS)
+    seed: int = rule(ge=0, le=MAX_SEED)
+    steps: int = rule(ge=1)
+    val_every: int = rule(ge=1)
+    selection: str = rule(choices=SELECTIONS)
+    early_stopping_patience: int | None = rule(ge=0)
+    progress: bool = rule()
+    gpu_pool: bool = rule()
+    paths: Paths = rule()
+    backbone: Small | AlexNet | ResNet18 = rule()
+    hparams: HParams = rule()
+    split: Split = rule()
+    eval: Eval = rule()
+    data: Data = rule()
+    stain: Reinhard | Macenko | NoStain = rule()
+    method: Masf | Mldg | DeepAll | Coral | DeepAllZoom = rule()
+    trainer: Trainer = rule()
+
+
+def is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
