@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from masf_lightning.config import check_config, schema
+from masf_lightning.config.__main__ import rules_markdown
 from masf_lightning.config.check import Leaf, alternatives, leaves, show
 from masf_lightning.errors import ConfigError
 
@@ -213,3 +214,7 @@ def test_schema_sets_agree_with_the_code() -> None:
         assert schema.IMAGENET_WEIGHTS == tuple(w.name for w in torchvision.models.get_model_weights(arch))
     assert set(schema.PRECISIONS) == {p for lit in typing.get_args(_PRECISION_INPUT) for p in typing.get_args(lit)}
 
+
+def test_errors_md_lists_the_rules() -> None:
+    """docs/errors.md holds `python -m masf_lightning.config`'s table: a key added to the schema shows up there."""
+    assert rules_markdown() in (ROOT / "docs" / "errors.md").read_text()
