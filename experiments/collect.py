@@ -5,7 +5,7 @@
 Reads every `metrics.json` below the given folders (masf_lightning/eval/results.py) and prints, per
 (task, protocol, selection, backbone, steps, data) group: target accuracy per (method, row) with the
 paper's numbers where they apply, then one table per metric family (fit vs generalization, patient
-level, search, invariance, calibration), each with paired MASF − DeepAll intervals, and last, apart,
+level, search, invariance, calibration), each with paired method − DeepAll intervals, and last, apart,
 what the paper's code reported (best test accuracy during training). `--out PREFIX` also writes
 PREFIX.md, PREFIX.csv (every number, long format) and PREFIX.tex (the accuracy tables). Runs that never
 finished, failed with a NaN accuracy, were resumed, or duplicate a seed are listed, never averaged over.
@@ -26,13 +26,18 @@ from masf_lightning.eval.results import METRICS_FILE, TARGET_ORDER, Group, Run, 
 from masf_lightning.eval.stats import mean_std, t_interval
 from masf_lightning.io import write_text_atomic
 
-METHOD_ORDER = ("masf", "masf_joint", "deepall", "masf_no_gen", "masf_no_gen_joint", "masf_no_tri", "masf_no_tri_joint")
+METHOD_ORDER = (
+    "masf", "masf_joint", "deepall", "mldg", "coral", "deepall_zoom",
+    "masf_no_gen", "masf_no_gen_joint", "masf_no_tri", "masf_no_tri_joint",
+)  # fmt: skip
 METHOD_TITLES = {
     "masf": "MASF", "masf_joint": "MASF (joint, Eq. 11 literal)", "deepall": "DeepAll",
+    "mldg": "MLDG", "coral": "CORAL", "deepall_zoom": "DeepAll + zoom",
     "masf_no_gen": "MASF no-gen (β1=0)", "masf_no_gen_joint": "MASF no-gen (β1=0, joint)",
     "masf_no_tri": "MASF no-tri (β2=0)", "masf_no_tri_joint": "MASF no-tri (β2=0, joint)",
 }  # fmt: skip
-PAIRED = ("masf", "masf_joint")  # each MASF variant against DeepAll, seed by seed
+PAIRED = ("masf", "masf_joint", "mldg", "coral", "deepall_zoom")  # each against DeepAll, seed by seed
+PAIRED_TITLES = {"masf_joint": "MASF (joint)"}
 DASH = "–"
 ACC = "target_test_acc"
 ORACLE = "oracle_target_test_acc"
@@ -144,7 +149,7 @@ class Table:
 
     @property
     def paired(self) -> list[str]:
-        """The MASF variants with a paired difference column against DeepAll."""
+        """The methods with a paired difference column against DeepAll."""
         return [m for m in PAIRED if m in self.methods] if "deepall" in self.methods else []
 
     def cell(self, method: str, row: Row, key: str = ACC, scale: float = 100.0) -> Cell:
@@ -240,7 +245,7 @@ def _is_paper(group: Group) -> bool:
 
 
 def _paired_title(variant: str) -> str:
-    return f"{'MASF (joint)' if variant == 'masf_joint' else 'MASF'} − DeepAll (paired, 95% CI)"
+    return f"{PAIRED_TITLES.get(variant, METHOD_TITLES.get(variant, variant))} − DeepAll (paired, 95% CI)"
 
 
 def _row_label(row: Row) -> str:
@@ -303,7 +308,7 @@ FOOTNOTE_STD = (
     "n = number of seeds; std is \"–\" for n=1."
 )
 FOOTNOTE_PAIRED = (
-    "MASF − DeepAll: per-seed difference of runs with the same seed: mean ± half-width of its 95 % t-interval "
+    "Method − DeepAll: per-seed difference of runs with the same seed: mean ± half-width of its 95 % t-interval "
     "[the interval] (percentage points)."
 )
 

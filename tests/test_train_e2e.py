@@ -77,3 +77,22 @@ def test_train_py_run_dir_override_and_target(tmp_path: Path) -> None:
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["target"] == "40x" and m["sources"] == ["100x", "200x", "400x"]
     assert f"metrics: {run_dir / 'metrics.json'}" in proc.stdout
+
+
+def test_train_py_new_methods_and_collect_columns(tmp_path: Path) -> None:
+    """`-m method=deepall,mldg,coral,deepall_zoom` runs through train.py and collect.py gives each a column and a
+    paired column against DeepAll (issue 12's acceptance, on tiny data)."""
+    sweep = tmp_path / "sweep"
+    methods = ("deepall", "mldg", "coral", "deepall_zoom")
+    proc = run_train([*tiny_overrides(tmp_path / "data"), "-m", f"method={','.join(methods)}", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in sweep.rglob("metrics.json")}
+    assert set(runs) == set(methods)
+    assert all(m["steps_done"] == 4 for m in runs.values()), "MLDG steps one optimizer per iteration"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "collect.py"), str(sweep)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    header = next(line for line in out.stdout.splitlines() if line.startswith("| Source | Target |"))
+    for title in ("MLDG", "CORAL", "DeepAll + zoom", "MLDG − DeepAll (paired", "CORAL − DeepAll (paired", "DeepAll + zoom − DeepAll (paired"):
+        assert f" {title}" in header, header
