@@ -218,3 +218,24 @@ def test_schema_sets_agree_with_the_code() -> None:
 def test_errors_md_lists_the_rules() -> None:
     """docs/errors.md holds `python -m masf_lightning.config`'s table: a key added to the schema shows up there."""
     assert rules_markdown() in (ROOT / "docs" / "errors.md").read_text()
+
+
+def test_group_schemas_name_what_their_targets_take() -> None:
+    """A schema key the built object does not take would pass the check and fail at instantiation."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    from masf_lightning.pipeline import BACKBONE_DATA_KEYS
+
+    hints = typing.get_type_hints(schema.TrainConfig)
+    for group, ignored in (("method", {"name"}), ("backbone", set(BACKBONE_DATA_KEYS)), ("stain", set())):
+        for cls in alternatives(hints[group])[1]:
+            (target,) = cls.__dataclass_fields__["_target_"].metadata["rule"].choices
+            built = get_object(target)
+            inits = [k.__init__ for k in getattr(built, "__mro__", ()) if "__init__" in vars(k) and k is not object] or [built]
+            takes = {p for f in inits for p in inspect.signature(f).parameters}
+            keys = {f.name for f in dataclasses.fields(cls)} - {"_target_"} - ignored
+            assert keys <= takes, (target, keys - takes)
+            if group == "method":
+                assert cls.needs_meta_split == built.needs_meta_split, target
