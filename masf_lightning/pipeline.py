@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -12,14 +13,14 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from masf_lightning.algorithms import DGModule
 from masf_lightning.data.datamodule import BreakhisDataModule
-from masf_lightning.errors import ConfigError, MasfError
+from masf_lightning.errors import ConfigError, DataError, MasfError
 from masf_lightning.eval.report import evaluate, log_to_tensorboard
 from masf_lightning.eval.tensorboard import TrainingLogger
-from masf_lightning.io import write_json_atomic
+from masf_lightning.io import atomic_path, write_json_atomic
 
 SELECTIONS = {"source_val": "val/source_acc", "target_val": "val/target_acc", "last": None}
 METRICS_FILE = "metrics.json"
@@ -85,6 +86,35 @@ class OracleTracker(pl.Callback):
         self.best, self.step = state["best"], state["step"]
 
 
+class LastCheckpoint(Checkpoint):
+    """`last.ckpt`: the state after every validation check and at the end, whatever the selection metric did.
+
+    A Checkpoint, so Lightning runs it after the selecting ModelCheckpoint (list order kept): the file holds
+    the best score so far. Written beside itself and renamed, so a kill never leaves half a file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.saved_step = 0  # nothing trained, nothing to save
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.saved_step = trainer.global_step  # a resumed run's step is already on disk
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking or trainer.global_step == self.saved_step:
+            return
+        # every rank calls save_checkpoint (it synchronizes); only rank 0 writes, to its temporary file
+        with atomic_path(self.path) if trainer.is_global_zero else contextlib.nullcontext(self.path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)
+        self.saved_step = trainer.global_step
+
+
 class TrainProgressBar(TQDMProgressBar):
     """One bar for training; validation runs every few steps and gets no bars of its own."""
 
@@ -94,22 +124,25 @@ class TrainProgressBar(TQDMProgressBar):
         return bar
 
 
+def last_checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint, OracleTracker]:
     monitor = SELECTIONS.get(cfg.selection, "?")
     if monitor == "?":
         raise ConfigError(f"selection={cfg.selection!r} is not one of {', '.join(SELECTIONS)}")
+    # the selected checkpoint only (none for selection=last); Lightning's save_last would follow the metric
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-{step}",
         monitor=monitor,
         mode="max",
         save_top_k=1 if monitor else 0,
-        save_last=True,
-        every_n_train_steps=None if monitor else cfg.val_every,
         auto_insert_metric_name=False,
     )
     oracle = OracleTracker()
-    callbacks: list[pl.Callback] = [oracle, checkpoint]
+    callbacks: list[pl.Callback] = [oracle, checkpoint, LastCheckpoint(last_checkpoint_path(run_dir))]
     if cfg.progress:
         callbacks.append(TrainProgressBar(refresh_rate=10))
     if cfg.early_stopping_patience is not None and monitor is not None:
@@ -183,6 +216,16 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def resume_step(last: Path) -> int | None:
+    """The step `last.ckpt` holds, or None for a fresh run; mmap reads the step without loading the weights."""
+    if not last.is_file():
+        return None
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception as exc:  # unpickling a damaged file can raise anything
+        raise DataError(f"{last} cannot be read ({type(exc).__name__}); delete it to restart this run from step 0") from None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train one configuration and write `metrics.json` into `run_dir`; returns the metrics.
 
@@ -194,6 +237,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if finished is not None:
         print(f"already finished: {run_dir / METRICS_FILE}")
         return finished
+    last = last_checkpoint_path(run_dir)
+    resumed_from = resume_step(last)
+    if resumed_from is not None:
+        print(f"resuming from step {resumed_from}: {last}")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = build_datamodule(cfg, run_dir)
     dm.prepare_data()
@@ -203,13 +250,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = build_module(cfg, dm.num_classes)
     dm.check_meta_split(cfg.method.name, needs_meta_split=module.needs_meta_split)
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resumed = last.is_file()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed_from is not None else None)
     if trainer.global_rank != 0:
         return {}
 
-    selected = checkpoint.best_model_path or checkpoint.last_model_path
+    selected = checkpoint.best_model_path or str(last)
     state = torch.load(selected, map_location=module.device, weights_only=False)
     module.load_state_dict(state["state_dict"])
     metrics = evaluate(module, dm, list(cfg.eval.knn_k))
@@ -228,7 +273,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         steps_done=int(trainer.global_step),
         backbone=cfg.backbone._target_.rsplit(".", 1)[-1],
         wall_time_s=round(time.time() - started, 2),
-        resumed=resumed,
+        resumed=resumed_from is not None,
+        resumed_from_step=resumed_from,
         # not an honest estimate: the best *test* accuracy seen during training, as the paper's code reported
         oracle_target_test_acc=oracle.best,
         oracle_step=oracle.step,

@@ -1,4 +1,4 @@
-"""A killed run resumes to the same numbers, a repeated run gives the same numbers, a NaN stops cleanly."""
+"""A killed run resumes from its last check to the same numbers, a repeated run gives the same numbers, a NaN stops cleanly."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,8 @@ import torch
 
 from tests.test_train_e2e import ROOT, run_train, tiny_overrides
 
-VOLATILE = {"wall_time_s", "resumed"}
+VOLATILE = {"wall_time_s", "resumed", "resumed_from_step"}
+VAL_EVERY = 4
 
 
 def numbers(run_dir: Path) -> dict:
@@ -24,7 +24,35 @@ def numbers(run_dir: Path) -> dict:
 
 
 def overrides(tmp_path: Path, run_dir: Path) -> list[str]:
-    return [*tiny_overrides(tmp_path / "data"), "steps=24", "val_every=4", f"hydra.run.dir={run_dir}"]
+    return [*tiny_overrides(tmp_path / "data"), "steps=24", f"val_every={VAL_EVERY}", f"hydra.run.dir={run_dir}"]
+
+
+# train.py in a process that SIGKILLs itself right after validation check KILL_AFTER_CHECKS, once every
+# checkpoint callback of that check has run: a kill at a known point, not a race with a polling test.
+KILL_AFTER_CHECKS = """
+import os, runpy, signal, sys
+import pytorch_lightning as pl
+from masf_lightning import pipeline
+
+class Kill(pl.Callback):
+    checks = int(os.environ["KILL_AFTER_CHECKS"])
+
+    def on_validation_end(self, trainer, pl_module):
+        self.checks -= 1
+        if self.checks == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build_trainer = pipeline.build_trainer
+
+def build_trainer_then_kill(cfg, run_dir):
+    trainer, *rest = build_trainer(cfg, run_dir)
+    trainer.callbacks.append(Kill())  # last, after the checkpoint callbacks
+    return (trainer, *rest)
+
+pipeline.build_trainer = build_trainer_then_kill
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def test_same_config_same_numbers_and_kill_resume(tmp_path: Path) -> None:
@@ -34,28 +62,52 @@ def test_same_config_same_numbers_and_kill_resume(tmp_path: Path) -> None:
     assert numbers(a) == numbers(b), "same config and seed must give identical metrics on CPU"
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides(tmp_path, killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
-            if 0 < step < 24:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASF_DATA": "/nonexistent-do-not-use", "KILL_AFTER_CHECKS": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_CHECKS, str(ROOT / "train.py"), *overrides(tmp_path, killed)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (killed / "metrics.json").exists()
+    third = 3 * VAL_EVERY
+    best = [p.name for p in (killed / "checkpoints").glob("best-*.ckpt")]
+    assert best and best != [f"best-{third}.ckpt"], "the third check must not be the best so far, or 'last' = 'best' there"
 
     resumed = run_train(overrides(tmp_path, killed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((killed / "metrics.json").read_text())["resumed"] is True
+    last = killed / "checkpoints" / "last.ckpt"
+    assert resumed.stdout.splitlines()[0] == f"resuming from step {third}: {last}", resumed.stdout[:500]
+    m = json.loads((killed / "metrics.json").read_text())
+    assert m["resumed"] is True and m["resumed_from_step"] == third, "last.ckpt must hold the latest check, not the best"
     assert numbers(killed) == numbers(a), "a resumed run must end with the uninterrupted run's numbers"
 
     again = run_train(overrides(tmp_path, killed))  # finished: skipped, nothing rewritten
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+@pytest.mark.parametrize("method", ["masf", "deepall"])
+def test_last_ckpt_is_the_latest_step_when_validation_never_improves(tmp_path: Path, method: str) -> None:
+    run_dir = tmp_path / method
+    frozen = ["hparams.lr=1e-12", "hparams.inner_lr=1e-12", "hparams.metric_lr=1e-12"]
+    args = [*tiny_overrides(tmp_path / "data"), f"method={method}", "steps=40", "val_every=10", *frozen]
+    proc = run_train([*args, f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoints = run_dir / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 40
+    # selection unchanged: the first check stays the best; no temporary file left behind
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best-10.ckpt", "last.ckpt"]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["selected_step"] == 10 and m["resumed"] is False and m["resumed_from_step"] is None
+
+
+def test_unreadable_last_ckpt_is_one_clear_error(tmp_path: Path) -> None:
+    from masf_lightning.errors import DataError
+    from masf_lightning.pipeline import resume_step
+
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(b"half a checkpoint")
+    with pytest.raises(DataError, match="delete it"):
+        resume_step(last)
 
 
 def test_run_dir_of_another_config_is_refused(tmp_path: Path) -> None:
