@@ -145,7 +145,7 @@ def _patient_ids(seed: int, patients_per_type: int) -> dict[tuple[str, int], str
 
 
 def expected_files(
-    *, seed: int = 0, patients_per_type: int = 4, images_per_magnification: int = 10
+    *, seed: int = 0, patients_per_type: int, images_per_magnification: int
 ) -> list[tuple[str, int, int, int, Path]]:
     """(type, patient, magnification, index, path relative to the folder holding BreaKHis_v1) of every image."""
     ids = _patient_ids(seed, patients_per_type)

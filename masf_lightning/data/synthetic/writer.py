@@ -122,13 +122,15 @@ def generate_synthetic_breakhis(
     out: str | os.PathLike[str],
     *,
     seed: int = 0,
-    patients_per_type: int = 4,
-    images_per_magnification: int = 10,
-    size: tuple[int, int] = (175, 115),
+    patients_per_type: int,
+    images_per_magnification: int,
+    size: tuple[int, int],
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
     """Write the synthetic BreaKHis under out/BreaKHis_v1 (once) and return `out`.
+
+    No defaults here: the one default set is conf/data/synthetic.yaml's, which the CLI and train.py both read.
 
     The tree is built in a staging folder and moved into place whole, then the marker
     out/.synthetic_breakhis.json records the parameters: an interrupted run leaves no half tree, a
