@@ -154,6 +154,11 @@ class HParams:
     grad_norm_every: int = rule(**NON_NEGATIVE)
 
 
+def hparam(name: str) -> Any:
+    """A method argument fed from `hparams.<name>`: the registry's rule, stated once (a user may also set it directly)."""
+    return field(metadata=HParams.__dataclass_fields__[name].metadata)
+
+
 @dataclass
 class Split:
     protocol: str = rule(choices=PROTOCOLS)
@@ -279,9 +284,9 @@ class ResNet18(Backbone):
 class Method:
     needs_meta_split: ClassVar[bool] = False
     name: str = rule()
-    lr: float = rule(**POSITIVE)
-    weight_decay: float = rule(**NON_NEGATIVE)
-    fused_adam: bool = rule()
+    lr: float = hparam("lr")
+    weight_decay: float = hparam("weight_decay")
+    fused_adam: bool = hparam("fused_adam")
 
 
 @dataclass
@@ -294,14 +299,14 @@ class DeepAll(Method):
 class DeepAllZoom(Method):
     option: ClassVar[str] = "deepall_zoom"
     _target_: str = rule(choices=("masf_lightning.algorithms.DeepAllZoom",))
-    zoom_range: list[float] = rule(**ZOOM)
+    zoom_range: list[float] = hparam("zoom_range")
 
 
 @dataclass
 class Coral(Method):
     option: ClassVar[str] = "coral"
     _target_: str = rule(choices=("masf_lightning.algorithms.CORAL",))
-    coral_weight: float = rule(**NON_NEGATIVE)
+    coral_weight: float = hparam("coral_weight")
 
 
 @dataclass
@@ -309,9 +314,9 @@ class Mldg(Method):
     option: ClassVar[str] = "mldg"
     needs_meta_split: ClassVar[bool] = True
     _target_: str = rule(choices=("masf_lightning.algorithms.MLDG",))
-    inner_lr: float = rule(**POSITIVE)
-    beta: float = rule(**NON_NEGATIVE)
-    first_order: bool = rule()
+    inner_lr: float = hparam("inner_lr")
+    beta: float = hparam("mldg_beta")
+    first_order: bool = hparam("first_order")
 
 
 @dataclass
@@ -327,22 +332,22 @@ class Masf(Method):
     option: ClassVar[str] = "masf"
     needs_meta_split: ClassVar[bool] = True
     _target_: str = rule(choices=("masf_lightning.algorithms.MASF",))
-    inner_lr: float = rule(**POSITIVE)
-    metric_lr: float = rule(**POSITIVE)
-    beta_gen: float = rule(**NON_NEGATIVE)
-    beta_tri: float = rule(**NON_NEGATIVE)
-    temperature: float = rule(**POSITIVE)
-    margin: float = rule(**NON_NEGATIVE)
-    first_order: bool = rule()
-    optimizers: str = rule(choices=LAYOUTS)
-    inner_reduction: str = rule(choices=REDUCTIONS)
-    inner_clip: float | None = rule(**POSITIVE)
-    meta_clip: float | None = rule(**POSITIVE)
-    meta_lr: float | None = rule(**POSITIVE)
-    meta_updates_embedder: bool = rule()
-    outer_clip: float | None = rule(**POSITIVE)
-    class_average: str = rule(choices=CLASS_AVERAGES)
-    grad_norm_every: int = rule(**NON_NEGATIVE)
+    inner_lr: float = hparam("inner_lr")
+    metric_lr: float = hparam("metric_lr")
+    beta_gen: float = hparam("beta_gen")
+    beta_tri: float = hparam("beta_tri")
+    temperature: float = hparam("temperature")
+    margin: float = hparam("margin")
+    first_order: bool = hparam("first_order")
+    optimizers: str = hparam("optimizers")
+    inner_reduction: str = hparam("inner_reduction")
+    inner_clip: float | None = hparam("inner_clip")
+    meta_clip: float | None = hparam("meta_clip")
+    meta_lr: float | None = hparam("meta_lr")
+    meta_updates_embedder: bool = hparam("meta_updates_embedder")
+    outer_clip: float | None = hparam("outer_clip")
+    class_average: str = hparam("class_average")
+    grad_norm_every: int = hparam("grad_norm_every")
     triplet_fraction: float = rule(gt=0, le=1)
     embedder: Embedder = rule()
 
