@@ -261,7 +261,7 @@ def test_index_errors(dataset, tmp_path):
         build(root, pd.concat([index, index.iloc[:1]]), tmp_path / "cache")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA path: runs where a GPU is present (none on CPU-only CI)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compares the cache's GPU stain step against the CPU one; CI and CPU-only machines have no GPU, run it on one")
 def test_gpu_stain_step_matches_cpu(dataset, tmp_path):
     root, index = dataset
     paths = [root / p for p in index.path]

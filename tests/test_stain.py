@@ -247,7 +247,7 @@ def test_hydra_configs_instantiate(name, he_images, tmp_path):
         assert instantiate(cfg).fingerprint() != norm.fingerprint()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA path: runs where a GPU is present (none on CPU-only CI)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: compares the stain normalizers on a GPU against the CPU; CI and CPU-only machines have no GPU, run it on one")
 def test_gpu_matches_cpu(he_images):
     batch = torch.stack([to_tensor(h) for h in he_images])
     for norm in (ReinhardNormalizer(), MacenkoNormalizer(), IdentityNormalizer()):
