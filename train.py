@@ -16,9 +16,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from masf_lightning.errors import MasfError
+import masf_lightning.config  # noqa: F401 - registers the hparams registry with Hydra before it composes conf/
+from masf_lightning.errors import MasfError, TrainingError
 
 
 def _gpu_count() -> int:
@@ -47,15 +49,23 @@ def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         if cfg.gpu_pool:
             from masf_lightning.gpu_pool import gpu_for_this_job
 
             with gpu_for_this_job(Path(HydraConfig.get().sweep.dir) / ".gpu_locks") as gpu:
                 print(f"{run_dir}: GPU {gpu}")
-                metrics = run(cfg, run_dir)
+                metrics = run(cfg, run_dir, record_failure=in_sweep)
         else:
-            metrics = run(cfg, run_dir)
+            metrics = run(cfg, run_dir, record_failure=in_sweep)
+    except TrainingError as exc:
+        if not in_sweep:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        # a diverged draw is a result of the sweep: recorded in metrics.json, the other jobs go on (masf_lightning/sweep.py)
+        print(f"error: {run_dir}: {exc}", file=sys.stderr)
+        return
     except MasfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

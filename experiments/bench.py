@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from bench_data import bench_delivery, build  # noqa: E402
 
 from masf_lightning.algorithms import MASF, DeepAll  # noqa: E402
 from masf_lightning.algorithms.base import DGModule  # noqa: E402
+from masf_lightning.config.hparams import constructor_defaults  # noqa: E402
 from masf_lightning.losses import cross_entropy  # noqa: E402
 from masf_lightning.models import Backbone, alexnet, small  # noqa: E402
 
@@ -111,25 +113,15 @@ def load_masf_at(rev: str) -> type[MASF]:
 def make_module(spec: BackboneSpec, variant: Variant, device: torch.device) -> DGModule:
     """The module `python train.py method=…` builds (conf/method/*.yaml values), with the same initial weights."""
     torch.manual_seed(0)
-    common = dict(backbone=spec.make(), num_classes=NUM_CLASSES, lr=1e-5, fused_adam=variant.fused)
-    if variant.masf_class is not MASF:  # an old revision's MASF knows no fused_adam / optimizers
-        common.pop("fused_adam")
-    if variant.method == "deepall":
-        module: DGModule = DeepAll(**common)
-    else:
-        module = variant.masf_class(
-            **common,
-            inner_lr=1e-5,
-            metric_lr=1e-5,
-            beta_gen=1.0,
-            beta_tri=0.005,
-            temperature=2.0,
-            margin=10.0,
-            first_order=variant.method == "first_order",
-            triplet_fraction=1 / 3,
-            embedder={"hidden_dim": 1024, "embedding_dim": 256},
-            **({"optimizers": variant.layout, "grad_norm_every": 0} if variant.masf_class is MASF else {}),
-        )
+    cls = DeepAll if variant.method == "deepall" else variant.masf_class
+    # AlexNet's registry defaults (an old revision's MASF takes fewer keys and has its own defaults)
+    hp = {**constructor_defaults(cls, "alexnet"), "lr": 1e-5, "fused_adam": variant.fused}
+    if cls is not DeepAll:
+        hp.update(inner_lr=1e-5, metric_lr=1e-5, margin=10.0, first_order=variant.method == "first_order", grad_norm_every=0,
+                  optimizers=variant.layout, embedder={"hidden_dim": 1024, "embedding_dim": 256, "final_activation": True})  # fmt: skip
+    takes = {p for k in cls.__mro__ if "__init__" in vars(k) for p in inspect.signature(k.__init__).parameters}
+    module: DGModule = cls(backbone=spec.make(), num_classes=NUM_CLASSES, **{k: v for k, v in hp.items() if k in takes})
+    if cls is not DeepAll:
         module.conv_double_backward_by_convs = variant.conv_by_convs
     if variant.compiled:
         module.featurizer = torch.compile(module.featurizer)

@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from masf_lightning.algorithms import DGModule
+from masf_lightning.config.hparams import of_method
 from masf_lightning.data.datamodule import BreakhisDataModule
-from masf_lightning.errors import ConfigError, DataError, MasfError
+from masf_lightning.errors import ConfigError, DataError, MasfError, TrainingError
 from masf_lightning.eval.report import evaluate, log_to_tensorboard
 from masf_lightning.eval.tensorboard import TrainingLogger
 from masf_lightning.io import atomic_path, write_json_atomic
@@ -53,8 +54,8 @@ def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModul
     )
 
 
-# Keys of a backbone config that tell the data pipeline, the optimizer and MASF, not the network builder.
-BACKBONE_DATA_KEYS = ("cache_size", "input_size", "geometry", "lr", "masf")
+# Keys of a backbone config that tell the data pipeline, not the network builder.
+BACKBONE_DATA_KEYS = ("cache_size", "input_size", "geometry")
 
 
 def build_module(cfg: DictConfig, num_classes: int) -> DGModule:
@@ -226,10 +227,30 @@ def resume_step(last: Path) -> int | None:
         raise DataError(f"{last} cannot be read ({type(exc).__name__}); delete it to restart this run from step 0") from None
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def identity(cfg: DictConfig, dm: BreakhisDataModule) -> dict[str, Any]:
+    """What a run is, as metrics.json records it for collect.py: the keys that place it in a table cell."""
+    return dict(
+        method=cfg.method.name,
+        task=cfg.task,
+        target=dm.target,
+        sources=dm.sources,
+        seed=int(cfg.seed),
+        hparams_seed=int(cfg.hparams_seed),
+        hparams=of_method(OmegaConf.to_container(cfg.method, resolve=True)),  # as run: drawn, default or overridden
+        protocol=cfg.split.protocol,
+        split_seed=int(cfg.split.seed),
+        selection=cfg.selection,
+        steps=int(cfg.steps),
+        backbone=cfg.backbone._target_.rsplit(".", 1)[-1],
+    )
+
+
+def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[str, Any]:
     """Train one configuration and write `metrics.json` into `run_dir`; returns the metrics.
 
     Re-running the same command skips a finished run and resumes an interrupted one from `last.ckpt`.
+    `record_failure` (sweeps): a numerical fault also writes metrics.json, with `failed` and NaN accuracies,
+    so collect.py lists the run as failed and a re-run sweep does not train the same divergence again.
     """
     started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +271,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = build_module(cfg, dm.num_classes)
     dm.check_meta_split(cfg.method.name, needs_meta_split=module.needs_meta_split)
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed_from is not None else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed_from is not None else None)
+    except TrainingError as exc:
+        if record_failure and trainer.global_rank == 0:
+            nan = float("nan")
+            failed = {**identity(cfg, dm), "failed": str(exc), "target_test_acc": nan, "source_val_acc": nan, "target_val_acc": nan}
+            write_json_atomic(run_dir / METRICS_FILE, failed)
+        raise
     if trainer.global_rank != 0:
         return {}
 
@@ -259,19 +287,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module.load_state_dict(state["state_dict"])
     metrics = evaluate(module, dm, list(cfg.eval.knn_k))
     metrics.update(
-        method=cfg.method.name,
-        task=cfg.task,
-        target=dm.target,
-        sources=dm.sources,
-        seed=int(cfg.seed),
-        protocol=cfg.split.protocol,
-        split_seed=int(cfg.split.seed),
-        selection=cfg.selection,
+        identity(cfg, dm),
         selected_step=int(state["global_step"]),
         selected_checkpoint=str(Path(selected).relative_to(run_dir)),
-        steps=int(cfg.steps),
         steps_done=int(trainer.global_step),
-        backbone=cfg.backbone._target_.rsplit(".", 1)[-1],
         wall_time_s=round(time.time() - started, 2),
         resumed=resumed_from is not None,
         resumed_from_step=resumed_from,
@@ -290,6 +309,8 @@ def _pct(x: float | None) -> str:
 
 def summary_line(m: dict[str, Any]) -> str:
     """One line per finished run; a subset without images (e.g. split.fractions with no val) shows n/a."""
+    if m.get("failed"):
+        return f"{m['method']} {m['task']} target={m['target']} seed={m['seed']}: failed ({m['failed']})"
     return (
         f"{m['method']} {m['task']} target={m['target']} seed={m['seed']}: target test acc {_pct(m['target_test_acc'])} "
         f"(balanced {_pct(m['target_test_balanced_acc'])}, source val {_pct(m['source_val_acc'])}, "

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torchvision.io import encode_png
 
+import masf_lightning.config  # noqa: F401 - registers the hparams registry with Hydra, as train.py does
 from masf_lightning.data.breakhis import BENIGN_TYPES, MAGNIFICATIONS, SUBTYPE_FOLDERS, TUMOR_TYPES
 
 BREAST = ("BreaKHis_v1", "histology_slides", "breast")

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from masf_lightning import choices
 from masf_lightning.config import check_config, schema
 from masf_lightning.config.__main__ import rules_markdown
 from masf_lightning.config.check import Leaf, alternatives, leaves, show
@@ -157,7 +158,8 @@ def test_float_keys_refuse_nan_and_int_keys_refuse_fractions(configs: dict[str, 
         (["target=400"], "target=400: must be one of 40x, 100x, 200x, 400x"),
         (["hparams.inner_clip=0"], "hparams.inner_clip=0: must be > 0 or null"),
         (["split.fractions=[0.5,0.5]"], "split.fractions=[0.5,0.5]: must be a list of 3 numbers >= 0 (train, val, test) summing to 1, train and test > 0"),
-        (["backbone.lr=-1"], "backbone.lr=-1: must be > 0"),  # hparams.lr and method.lr interpolate it: named where set
+        (["hparams_seed=-1"], "hparams_seed=-1: must be in 0..4294967295"),
+        (["method=coral", "method.coral_weight=-1"], "method.coral_weight=-1: must be >= 0"),
         (["backbone=alexnet", "backbone.weights=foo"], "backbone.weights=foo: must be one of IMAGENET1K_V1, null"),
         (["hparams.lr=${nope}"], "hparams.lr=${nope}: cannot be resolved (Interpolation key 'nope' not found)"),
         (["experiment=paper_tumor_type"], "data.root=???: not set; pass data.root=DIR (the folder holding BreaKHis_v1)"),
@@ -203,17 +205,17 @@ def test_schema_sets_agree_with_the_code() -> None:
     from masf_lightning.losses import CLASS_AVERAGES
     from masf_lightning.pipeline import SELECTIONS
 
-    assert schema.TASKS == breakhis.TASKS
-    assert schema.MAGNIFICATIONS == tuple(f"{m}x" for m in breakhis.MAGNIFICATIONS)
-    assert set(schema.PROTOCOLS) == set(splits.PROTOCOLS)
-    assert schema.SELECTIONS == tuple(SELECTIONS)
-    assert (schema.LAYOUTS, schema.REDUCTIONS, schema.CLASS_AVERAGES) == (LAYOUTS, REDUCTIONS, CLASS_AVERAGES)
+    assert choices.TASKS == breakhis.TASKS
+    assert choices.MAGNIFICATIONS == tuple(f"{m}x" for m in breakhis.MAGNIFICATIONS)
+    assert set(choices.PROTOCOLS) == set(splits.PROTOCOLS)
+    assert choices.SELECTIONS == tuple(SELECTIONS)
+    assert (choices.LAYOUTS, choices.REDUCTIONS, choices.CLASS_AVERAGES) == (LAYOUTS, REDUCTIONS, CLASS_AVERAGES)
     modules = [synthetic, *(importlib.import_module(f"{synthetic.__name__}.{m.name}") for m in pkgutil.iter_modules(getattr(synthetic, "__path__", [])))]
     limits = next((m._MIN_SIDE, m._MAX_SIZE) for m in modules if hasattr(m, "_MIN_SIDE"))
-    assert (schema.SYNTHETIC_MIN_SIDE, schema.SYNTHETIC_MAX_SIZE) == limits
+    assert (choices.SYNTHETIC_MIN_SIDE, choices.SYNTHETIC_MAX_SIZE) == limits
     for arch in ("alexnet", "resnet18"):
-        assert schema.IMAGENET_WEIGHTS == tuple(w.name for w in torchvision.models.get_model_weights(arch))
-    assert set(schema.PRECISIONS) == {p for lit in typing.get_args(_PRECISION_INPUT) for p in typing.get_args(lit)}
+        assert choices.IMAGENET_WEIGHTS == tuple(w.name for w in torchvision.models.get_model_weights(arch))
+    assert set(choices.PRECISIONS) == {p for lit in typing.get_args(_PRECISION_INPUT) for p in typing.get_args(lit)}
 
 
 def test_errors_md_lists_the_rules() -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from masf_lightning.algorithms import MASF
+from masf_lightning.config.hparams import constructor_defaults
 from masf_lightning.losses import triplet_semihard_loss
 from masf_lightning.models import Backbone
 
@@ -24,8 +25,9 @@ META_TRAIN, META_TEST = ["100x", "40x"], ["200x"]
 def tiny_masf(featurizer: nn.Module | None = None, dim: int = 6, **kw: Any) -> MASF:
     torch.manual_seed(0)
     featurizer = featurizer or nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh())
-    defaults = dict(num_classes=C, lr=1e-3, inner_lr=0.5, beta_gen=1.0, beta_tri=0.3, margin=1.0, triplet_fraction=0.5,
-                    embedder={"hidden_dim": 5, "embedding_dim": 4}, grad_norm_every=0)  # fmt: skip
+    defaults = dict(constructor_defaults(MASF, "small"), num_classes=C, lr=1e-3, inner_lr=0.5, beta_gen=1.0, beta_tri=0.3, margin=1.0,
+                    normalize_embeddings=False, triplet_fraction=0.5, embedder={"hidden_dim": 5, "embedding_dim": 4, "final_activation": True},
+                    grad_norm_every=0, meta_lr=None)  # fmt: skip
     defaults.update(kw)
     return MASF(backbone=Backbone(featurizer, dim, "tiny"), **defaults).double()
 

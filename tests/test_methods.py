@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from masf_lightning.algorithms import CORAL, MLDG, DeepAll, DeepAllZoom
+from masf_lightning.config.hparams import constructor_defaults
 from masf_lightning.data.augment import draw_zoom, zoom
 from masf_lightning.losses import coral_penalty
 from masf_lightning.models import Backbone
@@ -35,7 +36,8 @@ def batches(seed: int = 1, n: int = 6, shape: tuple[int, ...] = (5,)) -> dict[st
 def tiny(cls: type, featurizer: nn.Module | None = None, dim: int = 6, **kw: Any) -> Any:
     torch.manual_seed(0)
     featurizer = featurizer or nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, dim), nn.Tanh())
-    return cls(backbone=Backbone(featurizer, dim, "tiny"), num_classes=C, lr=1e-3, **kw).double()
+    kw = {**constructor_defaults(cls, "small"), "lr": 1e-3, **kw}
+    return cls(backbone=Backbone(featurizer, dim, "tiny"), num_classes=C, **kw).double()
 
 
 # -- MLDG ----------------------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_mldg_gradient_equals_naive_nested_autograd(first_order: bool) -> None:
-    model = tiny(MLDG, inner_lr=0.7, beta=1.3, first_order=first_order)
+    model = tiny(MLDG, inner_lr=0.7, mldg_beta=1.3, first_order=first_order)
     b = batches()
     assert rel_err(ours_mldg(model, b), naive_mldg_gradient(model, b, 0.7, 1.3, first_order)) < 1e-10
 

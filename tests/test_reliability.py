@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -121,7 +122,10 @@ def test_run_dir_of_another_config_is_refused(tmp_path: Path) -> None:
     assert (run_dir / "metrics.json").read_bytes() == before
 
 
-def test_nan_loss_stops_with_step_term_and_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("record_failure", [False, True])
+def test_nan_loss_stops_with_step_term_and_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_failure: bool) -> None:
+    """A single run stops with the fault named; in a sweep (record_failure) metrics.json also records it, so
+    collect.py lists the run as failed and re-running the sweep does not train the same divergence again."""
     from masf_lightning.algorithms.masf import MASF
     from masf_lightning.errors import TrainingError
 
@@ -140,13 +144,21 @@ def test_nan_loss_stops_with_step_term_and_domains(tmp_path: Path, monkeypatch: 
     from masf_lightning.pipeline import run
 
     with pytest.raises(TrainingError) as err:
-        run(cfg, run_dir)
+        run(cfg, run_dir, record_failure=record_failure)
     msg = str(err.value)
     assert "step 5" in msg and "gen=nan" in msg and "meta-test" in msg
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == 4, "the last good checkpoint must be kept, nothing saved after the fault"
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
-    assert not (run_dir / "metrics.json").exists()
+    if not record_failure:
+        assert not (run_dir / "metrics.json").exists()
+        return
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["failed"] == msg and m["method"] == "masf" and m["hparams_seed"] == 0 and math.isnan(m["target_test_acc"])
+    from masf_lightning.sweep import failed_runs
+
+    assert failed_runs(tmp_path) == [(run_dir, msg)]
+    assert run(cfg, run_dir)["failed"] == msg  # a re-run sweep skips it as finished
 
 
 def compose_config(args: list[str]):
@@ -189,3 +201,15 @@ def test_run_dir_claim_treats_a_key_added_as_null_as_the_same_run(tmp_path: Path
     assert claim_run_dir(OmegaConf.create({"seed": 0, "data": {"root": "x", "sources": None}}), run_dir) is None
     with pytest.raises(ConfigError, match="data.root='x'"):
         claim_run_dir(OmegaConf.create({"seed": 0, "data": {"root": "y", "sources": None}}), run_dir)
+
+
+def test_a_diverged_sweep_goes_on_records_each_failure_and_ends_with_exit_3(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_train([*tiny_overrides(tmp_path / "data"), "-m", "method=deepall", "seed=0,1", "hparams.lr=1e9", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    failed = sorted(sweep.rglob("metrics.json"))
+    assert len(failed) == 2, "the second job ran although the first diverged"
+    assert all("non-finite loss" in json.loads(p.read_text())["failed"] for p in failed)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors[-1] == "error: 2 runs of this sweep failed (listed above; collect.py shows them apart, never averaged)"
+    assert "Traceback" not in proc.stderr

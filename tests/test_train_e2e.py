@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from masf_lightning.config.hparams import values
+
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {
     "method", "task", "target", "sources", "seed", "protocol", "selection", "selected_step",
@@ -72,10 +74,13 @@ def test_train_py_multirun_both_methods_both_tasks(tmp_path: Path) -> None:
 
 def test_train_py_run_dir_override_and_target(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_train([*tiny_overrides(tmp_path / "data"), "target=40x", "method=deepall", f"hydra.run.dir={run_dir}"])
+    proc = run_train([*tiny_overrides(tmp_path / "data"), "target=40x", "method=deepall", "hparams_seed=2", "hparams.weight_decay=0.5", f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["target"] == "40x" and m["sources"] == ["100x", "200x", "400x"]
+    # the run records draw 2 of the registry as it ran: drawn values, and the command line's where it gave one
+    drawn = values("deepall", "small", "tumor_type", 2)
+    assert m["hparams_seed"] == 2 and m["hparams"] == {"lr": drawn["lr"], "weight_decay": 0.5, "fused_adam": True}
     assert f"metrics: {run_dir / 'metrics.json'}" in proc.stdout
 
 

@@ -27,11 +27,12 @@ class DGModule(pl.LightningModule):
         self,
         backbone: Backbone,
         num_classes: int,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        embedder: dict[str, int] | None = None,
+        *,
+        lr: float,  # hyperparameters: no defaults here, the registry (masf_lightning/config/hparams.py) has them
+        weight_decay: float,
+        fused_adam: bool,
+        embedder: dict[str, Any] | None = None,
         seed: int = 0,
-        fused_adam: bool = True,
     ):
         super().__init__()
         self.seed = seed

@@ -19,7 +19,7 @@ class CORAL(DGModule):
     """Cross-entropy on the pooled sources plus λ × the CORAL penalty between every two magnifications' F_ψ features.
     Under DDP each process aligns the statistics of its own shard (DomainBed's choice)."""
 
-    def __init__(self, *args: Any, coral_weight: float = 1.0, **kwargs: Any):
+    def __init__(self, *args: Any, coral_weight: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.coral_weight = coral_weight
 

@@ -23,7 +23,7 @@ from masf_lightning.data.datamodule import step_generator
 class DeepAllZoom(DeepAll):
     """DeepAll (Eq. 3 on all sources) on randomly zoomed batches; evaluation sees the images unzoomed."""
 
-    def __init__(self, *args: Any, zoom_range: tuple[float, float] = (0.5, 2.0), **kwargs: Any):
+    def __init__(self, *args: Any, zoom_range: tuple[float, float], **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.zoom_range = (float(zoom_range[0]), float(zoom_range[1]))
         draw_zoom(0, self.zoom_range, torch.Generator())  # a bad range fails here, before any training

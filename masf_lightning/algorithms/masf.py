@@ -52,27 +52,28 @@ class MASF(DGModule):
     def __init__(
         self,
         *args: Any,
-        inner_lr: float = 1e-5,  # α, Eq. 9
-        metric_lr: float = 1e-5,  # γ, Eq. 12 (η is `lr`, Eq. 11)
-        beta_gen: float = 1.0,  # β1, Eq. 10
-        beta_tri: float = 0.005,  # β2, Eq. 10
-        temperature: float = 2.0,  # τ, Eq. 5
-        margin: float = 10.0,  # ζ, Eq. 8 (MASF code's value)
-        first_order: bool = False,  # True = stop-gradient through ∇L_cr, as both public TF codes
-        optimizers: str = "separate",  # separate (public code) | joint (Eq. 11 as written)
-        inner_reduction: str = "mean",  # Eq. 9's gradient of the batch mean, or of the sum (public code)
-        inner_clip: float | None = None,  # per-tensor norm clip of the inner gradient (MASF code: 2.0)
-        meta_clip: float | None = 2.0,  # separate: per-tensor norm clip of the meta gradient (MASF code: 2.0)
-        meta_lr: float | None = None,  # separate: the meta Adam's lr; None = η (MASF code)
-        meta_updates_embedder: bool = False,  # separate: the code's meta op also steps φ (a name-filter slip)
-        outer_clip: float | None = None,  # joint: per-tensor norm clip of the applied gradient
-        class_average: str = "present",  # Eq. 6 over classes present in both domains, or "all" (MASF code)
-        triplet_fraction: float = 1 / 3,  # share of each domain's batch in T (MASF code: first third)
-        grad_norm_every: int = 50,  # log ‖∇ψ‖ of each loss every N steps (costs two extra backwards then)
-        embedder: dict[str, Any] | None = None,
+        inner_lr: float,  # α, Eq. 9
+        metric_lr: float,  # γ, Eq. 12 (η is `lr`, Eq. 11)
+        beta_gen: float,  # β1, Eq. 10
+        beta_tri: float,  # β2, Eq. 10
+        temperature: float,  # τ, Eq. 5
+        margin: float,  # ζ, Eq. 8
+        normalize_embeddings: bool,  # F_φ on the unit sphere
+        first_order: bool,  # True = stop-gradient through ∇L_cr, as both public TF codes
+        optimizers: str,  # separate (public code) | joint (Eq. 11 as written)
+        inner_reduction: str,  # Eq. 9's gradient of the batch mean, or of the sum (public code)
+        inner_clip: float | None,  # per-tensor norm clip of the inner gradient (MASF code: 2.0)
+        meta_clip: float | None,  # separate: per-tensor norm clip of the meta gradient (MASF code: 2.0)
+        meta_lr: float | None,  # separate: the meta Adam's lr; None = η (MASF code)
+        meta_updates_embedder: bool,  # separate: the code's meta op also steps φ (a name-filter slip)
+        outer_clip: float | None,  # joint: per-tensor norm clip of the applied gradient
+        class_average: str,  # Eq. 6 over classes present in both domains, or "all" (MASF code)
+        triplet_fraction: float,  # share of each domain's batch in T (MASF code: first third)
+        grad_norm_every: int,  # log ‖∇ψ‖ of each loss every N steps (costs two extra backwards then)
+        embedder: dict[str, Any],  # F_φ's layer sizes (conf/method/masf.yaml)
         **kwargs: Any,
     ):
-        super().__init__(*args, embedder=embedder or {}, **kwargs)
+        super().__init__(*args, embedder={**embedder, "normalize": normalize_embeddings}, **kwargs)
         if optimizers not in LAYOUTS:
             raise ConfigError(f"hparams.optimizers={optimizers!r} is not one of {', '.join(LAYOUTS)}")
         if inner_reduction not in REDUCTIONS:

@@ -28,10 +28,10 @@ class MLDG(DGModule):
     needs_meta_split = True
     conv_double_backward_by_convs: bool = True  # as MASF: cheaper exact double backward of convs
 
-    def __init__(self, *args: Any, inner_lr: float = 1e-5, beta: float = 1.0, first_order: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, inner_lr: float, mldg_beta: float, first_order: bool, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
-        self.inner_lr, self.beta, self.first_order = inner_lr, beta, first_order
+        self.inner_lr, self.beta, self.first_order = inner_lr, mldg_beta, first_order
 
     def meta_objective(self, batches: Batches, meta_train: Sequence[str], meta_test: Sequence[str]) -> dict[str, Any]:
         x_tr, y_tr = (torch.cat([batches[d][i] for d in meta_train]) for i in (0, 1))

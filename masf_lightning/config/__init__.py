@@ -1,6 +1,10 @@
-"""The config's schema and its check: every key typed and ranged, relations between keys, before any work."""
+"""The config's schema and its check: every key typed and ranged, relations between keys, before any work;
+and the hyperparameter registry (`hparams.py`) that fills the `hparams` node."""
 
 from masf_lightning.config.callback import CheckConfig
 from masf_lightning.config.check import check_config
+from masf_lightning.config.resolvers import register
 
-__all__ = ["CheckConfig", "check_config"]
+register()  # before Hydra composes conf/train.yaml (see resolvers.py)
+
+__all__ = ["CheckConfig", "check_config", "register"]

@@ -1,14 +1,18 @@
-"""`python -m masf_lightning.config`: the schema's rules as the Markdown table docs/errors.md holds."""
+"""`python -m masf_lightning.config`: the schema's rules as the Markdown table docs/errors.md holds;
+`--hparams`: the hyperparameter registry (default, rule, search distribution, source) as README's table."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from collections.abc import Iterator
 from typing import Any
 
 from masf_lightning.config.check import allowed, alternatives
+from masf_lightning.config.hparams import REGISTRY, PerBackbone
 from masf_lightning.config.schema import TrainConfig
+from masf_lightning.config.search import Dist
 
 
 def _rows(prefix: str, cls: type, label: str) -> Iterator[tuple[str, str, str]]:
@@ -36,8 +40,31 @@ def rules_markdown() -> str:
     return "\n".join(lines)
 
 
+def _value(v: Any) -> str:
+    if isinstance(v, Dist):
+        return v.describe()
+    if v is None or isinstance(v, bool):
+        return "null" if v is None else str(v).lower()
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _per_backbone(x: Any) -> str:
+    if isinstance(x, PerBackbone):
+        return "; ".join(f"{b}: {_value(v)}" for b, v in x.values.items())
+    return _value(x)
+
+
+def hparams_markdown() -> str:
+    """The registry: key, meaning, default, what the check allows, search distribution (hparams_seed >= 1), source."""
+    lines = ["| key | what | default | allowed | search (`hparams_seed` >= 1) | source |", "|---|---|---|---|---|---|"]
+    for h in REGISTRY:
+        lines.append(f"| `{h.name}` | {h.means} | {_per_backbone(h.default)} | {allowed(h.type, h.rule)} | {_per_backbone(h.search)} | {h.source} |")
+    return "\n".join(lines)
+
+
 def main(argv: Any = None) -> int:
-    print(rules_markdown())
+    args = sys.argv[1:] if argv is None else list(argv)
+    print(hparams_markdown() if "--hparams" in args else rules_markdown())
     return 0
 
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from masf_lightning.config import schema
-from masf_lightning.config.schema import MAGNIFICATIONS, Rule, TrainConfig, is_finite_number
+from masf_lightning.config.rules import Rule, is_finite_number
+from masf_lightning.config.schema import MAGNIFICATIONS, TrainConfig
 from masf_lightning.errors import ConfigError
 
 _INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
@@ -47,24 +48,24 @@ class Config:
         try:
             self.values: dict[str, Any] = OmegaConf.to_container(own, resolve=True)  # type: ignore[assignment]
         except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", None) or "config"
+            key = self.origin(getattr(exc, "full_key", None) or "config")  # where the unresolvable value was written
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.values = {}
             raise ConfigError(f"{key}={show(self.get(key, raw=True))}: cannot be resolved ({reason})") from None
 
-    def get(self, key: str, raw: bool = False) -> Any:
+    def get(self, key: str, raw: bool = False, missing: Any = None) -> Any:
         node: Any = self.raw if raw else self.values
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                return None
+                return missing
             node = node[part]
         return node
 
     def origin(self, key: str) -> str:
-        """The key a value comes from: `method.lr` → `hparams.lr` → `backbone.lr` when each interpolates the next."""
+        """The key a value comes from: `method.lr` → `hparams.lr` when each interpolates the next (an existing key)."""
         seen = {key}
         while isinstance(written := self.get(key, raw=True), str) and (m := _INTERPOLATION.match(written)):
-            if m.group(1) in seen:
+            if m.group(1) in seen or self.get(m.group(1), raw=True, missing=seen) is seen:
                 break
             key = m.group(1)
             seen.add(key)

@@ -7,27 +7,25 @@ method) has one dataclass per `_target_`. Relations between keys live in `check.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, ClassVar
 
-# Sets the code defines elsewhere; tests/test_config_schema.py asserts they agree, so this module stays light
-# (no torch): the check runs before anything heavy is imported.
-TASKS = ("tumor_type", "malignancy")  # data/breakhis.py
-MAGNIFICATIONS = ("40x", "100x", "200x", "400x")  # data/breakhis.py
-SELECTIONS = ("source_val", "target_val", "last")  # pipeline.py
-PROTOCOLS = ("patient", "paper", "official_fold")  # data/splits.py
-LAYOUTS = ("separate", "joint")  # algorithms/masf.py
-REDUCTIONS = ("mean", "sum")  # algorithms/masf.py
-CLASS_AVERAGES = ("present", "all")  # losses.py
-GEOMETRIES = ("resize", "center_crop")  # data/cache.py
-IMAGENET_WEIGHTS = ("IMAGENET1K_V1",)  # torchvision's weight sets of alexnet and resnet18
-SYNTHETIC_MIN_SIDE, SYNTHETIC_MAX_SIZE = 16, (700, 460)  # data/synthetic
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true",
-              "64-true", "transformer-engine", "transformer-engine-float16")  # lightning_fabric's _PRECISION_INPUT  # fmt: skip
-MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+from masf_lightning.choices import (
+    ACCELERATORS,
+    GEOMETRIES,
+    IMAGENET_WEIGHTS,
+    MAGNIFICATIONS,
+    MAX_SEED,
+    PRECISIONS,
+    PROTOCOLS,
+    SELECTIONS,
+    SYNTHETIC_MAX_SIZE,
+    SYNTHETIC_MIN_SIDE,
+    TASKS,
+)  # fmt: skip
+from masf_lightning.config.hparams import BY_NAME, REGISTRY
+from masf_lightning.config.rules import POSITIVE, rule
+
 # Trainer arguments that pipeline.py sets from other keys: a second value would clash.
 TRAINER_SET_BY_RUN = {
     "max_steps": "steps", "val_check_interval": "val_every", "enable_progress_bar": "progress",
@@ -36,64 +34,8 @@ TRAINER_SET_BY_RUN = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a key allows beyond its type: bounds, a set, a list length, one more condition `test`.
-    `says` replaces the words the rest would give (a test's condition needs its own)."""
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-    choices: tuple[Any, ...] = ()
-    length: int | None = None
-    min_length: int = 0
-    test: Callable[[Any], bool] | None = None
-    says: str = ""
-
-    def bounds(self) -> str:
-        """'> 0', '>= 1', 'in (0, 100]', 'in 1..999': the range in words, '' when there is none."""
-        lo = (self.gt, "(") if self.gt is not None else (self.ge, "[") if self.ge is not None else None
-        hi = (self.lt, ")") if self.lt is not None else (self.le, "]") if self.le is not None else None
-        if lo and hi:
-            if lo[1] == "[" and hi[1] == "]" and float(lo[0]).is_integer() and float(hi[0]).is_integer():
-                return f"in {_num(lo[0])}..{_num(hi[0])}"
-            return f"in {lo[1]}{_num(lo[0])}, {_num(hi[0])}{hi[1]}"
-        if lo:
-            return f"{'>' if lo[1] == '(' else '>='} {_num(lo[0])}"
-        if hi:
-            return f"{'<' if hi[1] == ')' else '<='} {_num(hi[0])}"
-        return ""
-
-    def admits(self, x: Any) -> bool:
-        """Bounds and set of one scalar (a list's items each)."""
-        if self.choices:
-            return any(type(x) is type(c) and x == c for c in self.choices)
-        if isinstance(x, (int, float)) and not isinstance(x, bool):
-            return (
-                (self.gt is None or x > self.gt)
-                and (self.ge is None or x >= self.ge)
-                and (self.lt is None or x < self.lt)
-                and (self.le is None or x <= self.le)
-            )
-        return True
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def rule(**kwargs: Any) -> Any:
-    """A schema field with its Rule (the dataclasses are never instantiated: no defaults)."""
-    return field(metadata={"rule": Rule(**kwargs)})
-
-
 def _fractions_ok(fr: list[float]) -> bool:
     return abs(sum(fr) - 1.0) <= 1e-6 and fr[0] > 0 and fr[2] > 0
-
-
-def _zoom_ok(r: list[float]) -> bool:
-    return r[0] <= r[1]
 
 
 def _synthetic_size_ok(size: list[int]) -> bool:
@@ -113,9 +55,6 @@ def _devices_ok(d: Any) -> bool:
     return all(i >= 0 for i in d)
 
 
-POSITIVE = {"gt": 0}
-NON_NEGATIVE = {"ge": 0}
-ZOOM = {"length": 2, "gt": 0, "test": _zoom_ok, "says": "a list [low, high] with 0 < low <= high"}
 
 
 # -- top level ------------------------------------------------------------------------------------------
@@ -125,38 +64,13 @@ class Paths:
     cache: str = rule()
 
 
-@dataclass
-class HParams:
-    """The registry of hyper-parameters (conf/train.yaml); each method config reads what it uses."""
-
-    lr: float = rule(**POSITIVE)
-    inner_lr: float = rule(**POSITIVE)
-    metric_lr: float = rule(**POSITIVE)
-    beta_gen: float = rule(**NON_NEGATIVE)
-    beta_tri: float = rule(**NON_NEGATIVE)
-    temperature: float = rule(**POSITIVE)
-    margin: float = rule(**NON_NEGATIVE)
-    normalize_embeddings: bool = rule()
-    first_order: bool = rule()
-    optimizers: str = rule(choices=LAYOUTS)
-    inner_reduction: str = rule(choices=REDUCTIONS)
-    inner_clip: float | None = rule(**POSITIVE)
-    meta_clip: float | None = rule(**POSITIVE)
-    meta_lr: float | None = rule(**POSITIVE)
-    meta_updates_embedder: bool = rule()
-    outer_clip: float | None = rule(**POSITIVE)
-    class_average: str = rule(choices=CLASS_AVERAGES)
-    weight_decay: float = rule(**NON_NEGATIVE)
-    fused_adam: bool = rule()
-    mldg_beta: float = rule(**NON_NEGATIVE)
-    coral_weight: float = rule(**NON_NEGATIVE)
-    zoom_range: list[float] = rule(**ZOOM)
-    grad_norm_every: int = rule(**NON_NEGATIVE)
+# The registry's keys, types and rules (masf_lightning/config/hparams.py), as a schema node.
+HParams = make_dataclass("HParams", [(h.name, h.type, field(metadata={"rule": h.rule})) for h in REGISTRY])
 
 
 def hparam(name: str) -> Any:
     """A method argument fed from `hparams.<name>`: the registry's rule, stated once (a user may also set it directly)."""
-    return field(metadata=HParams.__dataclass_fields__[name].metadata)
+    return field(metadata={"rule": BY_NAME[name].rule})
 
 
 @dataclass
@@ -241,19 +155,10 @@ class NoStain:
 
 # -- backbone: one schema per builder ----------------------------------------------------------------------
 @dataclass
-class BackboneMasf:
-    margin: float = rule(**NON_NEGATIVE)
-    normalize_embeddings: bool = rule()
-    meta_lr: float | None = rule(**POSITIVE)
-
-
-@dataclass
 class Backbone:
-    lr: float = rule(**POSITIVE)
     cache_size: int = rule(ge=1)
     input_size: int = rule(ge=1)
     geometry: str = rule(choices=GEOMETRIES)
-    masf: BackboneMasf = rule()
 
 
 @dataclass
@@ -315,7 +220,7 @@ class Mldg(Method):
     needs_meta_split: ClassVar[bool] = True
     _target_: str = rule(choices=("masf_lightning.algorithms.MLDG",))
     inner_lr: float = hparam("inner_lr")
-    beta: float = hparam("mldg_beta")
+    mldg_beta: float = hparam("mldg_beta")
     first_order: bool = hparam("first_order")
 
 
@@ -324,7 +229,6 @@ class Embedder:
     hidden_dim: int = rule(ge=1)
     embedding_dim: int = rule(ge=1)
     final_activation: bool = rule()
-    normalize: bool = rule()
 
 
 @dataclass
@@ -338,6 +242,7 @@ class Masf(Method):
     beta_tri: float = hparam("beta_tri")
     temperature: float = hparam("temperature")
     margin: float = hparam("margin")
+    normalize_embeddings: bool = hparam("normalize_embeddings")
     first_order: bool = hparam("first_order")
     optimizers: str = hparam("optimizers")
     inner_reduction: str = hparam("inner_reduction")
@@ -348,7 +253,7 @@ class Masf(Method):
     outer_clip: float | None = hparam("outer_clip")
     class_average: str = hparam("class_average")
     grad_norm_every: int = hparam("grad_norm_every")
-    triplet_fraction: float = rule(gt=0, le=1)
+    triplet_fraction: float = hparam("triplet_fraction")
     embedder: Embedder = rule()
 
 
@@ -366,11 +271,12 @@ class Trainer:
 @dataclass
 class TrainConfig:
     """conf/train.yaml composed. Fields in the order they are checked: a key another one interpolates
-    (backbone.lr → hparams.lr → method.lr) comes first, so an error names the key the user set."""
+    (hparams.lr → method.lr) comes first, so an error names the key the user set."""
 
     task: str = rule(choices=TASKS)
     target: str = rule(choices=MAGNIFICATIONS)
     seed: int = rule(ge=0, le=MAX_SEED)
+    hparams_seed: int = rule(ge=0, le=MAX_SEED)
     steps: int = rule(ge=1)
     val_every: int = rule(ge=1)
     selection: str = rule(choices=SELECTIONS)
@@ -387,6 +293,3 @@ class TrainConfig:
     method: Masf | Mldg | DeepAll | Coral | DeepAllZoom = rule()
     trainer: Trainer = rule()
 
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -64,6 +64,7 @@ def evaluate(module: DGModule, dm: BreakhisDataModule, ks: Sequence[int] = (1, 3
         "target_test_confusion": cls["confusion"],
     }
     out["source_val_acc"] = _mean([_acc(sub.get(d, "val"), dm) for d in dm.sources])
+    out["target_val_acc"] = _acc(sub.get(dm.target, "val"), dm)  # the test-domain oracle's selection score (collect.py)
     # every magnification's test split: sources (fit), target and, for single-source runs, the other unseen ones
     out["test_acc_by_domain"] = {d: _acc(sub.get(d, "test"), dm) for d in dm.domains}
     out["source_test_acc"] = _mean([out["test_acc_by_domain"][d] for d in dm.sources])

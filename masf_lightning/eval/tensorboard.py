@@ -72,7 +72,10 @@ def log_evaluation(writer: Any, module: torch.nn.Module, dm: Any, metrics: Mappi
     hp = {
         "method": cfg.method.name, "task": cfg.task, "target": dm.target, "sources": ",".join(dm.sources), "seed": cfg.seed,
         "backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "steps": cfg.steps, "protocol": cfg.split.protocol, "selection": cfg.selection,
+        "hparams_seed": int(cfg.get("hparams_seed", 0)),
     }  # fmt: skip
+    # the method's hyperparameters as run (drawn, default or overridden); HParams takes numbers, strings and booleans
+    hp.update({f"hparams/{k}": v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in (metrics.get("hparams") or {}).items()})
     scalars = {f"test/{k}": metrics[k] for k in HEADLINE if isinstance(metrics.get(k), float)}
     writer.add_hparams(hp, scalars, run_name=".")
     if cfg.eval.projector:

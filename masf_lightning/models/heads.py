@@ -18,9 +18,7 @@ class L2Normalize(nn.Module):
         return nn.functional.normalize(x, dim=-1)
 
 
-def make_embedder(
-    feature_dim: int, hidden_dim: int = 1024, embedding_dim: int = 256, final_activation: bool = True, normalize: bool = False
-) -> nn.Module:
+def make_embedder(feature_dim: int, hidden_dim: int, embedding_dim: int, final_activation: bool, normalize: bool) -> nn.Module:
     """F_φ: 4096 → 1024 → LeakyReLU(0.2) → 256 → LeakyReLU(0.2), as MASF's public code builds its metric net
     (`masf_func.py`: both fully connected layers are followed by a leaky ReLU, slope 0.2, so the 256-d
     embedding is LeakyReLU'd too); `final_activation=False` leaves the embedding linear.
