@@ -16,30 +16,27 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from masf_lightning.eval.results import METRICS_FILE, TARGET_ORDER, Group, Run, find_runs
-from masf_lightning.eval.stats import mean_std, t_interval
+from masf_lightning.eval.results import METRICS_FILE, Group, find_runs
+from masf_lightning.eval.stats import mean_std, power, t_interval
+from masf_lightning.eval.tables import ACC, Cell, Row, Table, build_tables
 from masf_lightning.io import write_text_atomic
 
-METHOD_ORDER = (
-    "masf", "masf_joint", "deepall", "mldg", "coral", "deepall_zoom",
-    "masf_no_gen", "masf_no_gen_joint", "masf_no_tri", "masf_no_tri_joint",
-)  # fmt: skip
 METHOD_TITLES = {
     "masf": "MASF", "masf_joint": "MASF (joint, Eq. 11 literal)", "deepall": "DeepAll",
     "mldg": "MLDG", "coral": "CORAL", "deepall_zoom": "DeepAll + zoom",
     "masf_no_gen": "MASF no-gen (β1=0)", "masf_no_gen_joint": "MASF no-gen (β1=0, joint)",
     "masf_no_tri": "MASF no-tri (β2=0)", "masf_no_tri_joint": "MASF no-tri (β2=0, joint)",
 }  # fmt: skip
-PAIRED = ("masf", "masf_joint", "mldg", "coral", "deepall_zoom")  # each against DeepAll, seed by seed
 PAIRED_TITLES = {"masf_joint": "MASF (joint)"}
 DASH = "–"
-ACC = "target_test_acc"
 ORACLE = "oracle_target_test_acc"
 
 # Tables 1 (tumor_type) and 2 (malignancy) of Sikaroudi et al.: accuracy %, (mean, ±) per target.
@@ -107,105 +104,10 @@ ORACLE_NOTE = (
     "the test set, so it is optimistic and is not comparable to the tables above. Percent."
 )
 
-Row = tuple[str, tuple[str, ...]]  # (target, sources)
-
-
 # -- tables -------------------------------------------------------------------------------------
 def mag(target: str) -> str:
     """'40x' → '40×' as the paper writes it."""
     return target[:-1] + "×" if target.endswith("x") else target
-
-
-def _target_key(t: str) -> tuple[int, str]:
-    return (TARGET_ORDER.index(t) if t in TARGET_ORDER else len(TARGET_ORDER), t)
-
-
-def _row_key(row: Row) -> tuple[object, ...]:
-    return (_target_key(row[0]), -len(row[1]), [_target_key(s) for s in row[1]])
-
-
-def _method_key(m: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
-
-
-@dataclass
-class Cell:
-    """One method in one row: a metric of its finished runs (display units), by seed."""
-
-    by_seed: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def values(self) -> list[float]:
-        return [self.by_seed[s] for s in sorted(self.by_seed)]
-
-
-@dataclass
-class Table:
-    group: Group
-    methods: list[str]
-    rows: list[Row]
-    runs: dict[tuple[str, Row], dict[int, Run]]
-    notes: dict[str, list[str]]
-
-    @property
-    def paired(self) -> list[str]:
-        """The methods with a paired difference column against DeepAll."""
-        return [m for m in PAIRED if m in self.methods] if "deepall" in self.methods else []
-
-    def cell(self, method: str, row: Row, key: str = ACC, scale: float = 100.0) -> Cell:
-        runs = self.runs.get((method, row), {})
-        return Cell({s: scale * v for s, r in runs.items() if (v := r.value(key)) is not None})
-
-    def paired_diffs(self, variant: str, row: Row, key: str = ACC, scale: float = 100.0) -> tuple[list[float], list[int]]:
-        """Variant − DeepAll per seed, over the seeds both have the metric for; and those seeds."""
-        a, b = self.cell(variant, row, key, scale).by_seed, self.cell("deepall", row, key, scale).by_seed
-        seeds = sorted(set(a) & set(b))
-        return [a[s] - b[s] for s in seeds], seeds
-
-    def has(self, key: str, row: Row | None = None) -> bool:
-        """Whether any finished run (of `row`, if given) has the metric."""
-        return any(r.value(key) is not None for (_, rw), runs in self.runs.items() if row in (None, rw) for r in runs.values())
-
-
-def build_tables(runs: Sequence[Run], expect_seeds: int | None = None) -> tuple[list[Table], list[str]]:
-    """Group runs into tables; return them and the runs that fit no table (no readable identity)."""
-    by_group: dict[Group, list[Run]] = {}
-    orphans = []
-    for r in runs:
-        if r.group is None:
-            orphans.append(f"{r.status}: {r.label()}")
-        else:
-            by_group.setdefault(r.group, []).append(r)
-    tables = []
-    for group in sorted(by_group, key=Group.sort_key):
-        group_runs = sorted(by_group[group], key=lambda r: (_method_key(r.method), _row_key(r.row), r.seed if r.seed is not None else -1, r.path))
-        present = {r.method for r in group_runs if r.method != "?"}
-        # MASF and DeepAll are always columns: an absent one is visible as "–", not a vanished column
-        methods = sorted(present | {"masf", "deepall"}, key=_method_key)
-        rows = sorted({r.row for r in group_runs if r.target != "?"}, key=_row_key)
-        cells: dict[tuple[str, Row], dict[int, Run]] = {}
-        notes: dict[str, list[str]] = {"missing": [], "nan": [], "unreadable": [], "duplicate": [], "resumed": [], "few": []}
-        for r in group_runs:
-            if r.status == "ok" and r.seed is not None:
-                cells.setdefault((r.method, r.row), {})[r.seed] = r
-            elif r.status == "ok":
-                notes["unreadable"].append(r.label() + " (no seed)")
-            else:
-                notes[r.status].append(r.label())
-            if r.resumed and r.status in ("ok", "nan"):
-                notes["resumed"].append(r.label())
-        if expect_seeds:
-            tried = {(r.method, r.row) for r in group_runs}
-            for row in rows:
-                for m in methods:
-                    # ablations and variants are often run at some targets only; MASF never from one source
-                    if (m, row) not in tried and (m not in ("masf", "deepall") or len(row[1]) < 2):
-                        continue
-                    n = len(cells.get((m, row), {}))
-                    if n < expect_seeds:
-                        notes["few"].append(f"{m} {_row_label(row)}: {n}/{expect_seeds} seeds")
-        tables.append(Table(group, methods, rows, cells, notes))
-    return tables, sorted(orphans)
 
 
 def _num(x: float, signed: bool = False) -> str:
@@ -246,12 +148,6 @@ def _is_paper(group: Group) -> bool:
 
 def _paired_title(variant: str) -> str:
     return f"{PAIRED_TITLES.get(variant, METHOD_TITLES.get(variant, variant))} − DeepAll (paired, 95% CI)"
-
-
-def _row_label(row: Row) -> str:
-    """`400x`, or `400x from 40x` for a row that is not leave-one-out."""
-    loo = tuple(t for t in TARGET_ORDER if t != row[0])
-    return row[0] if row[1] == loo else f"{row[0]} from {'+'.join(row[1])}"
 
 
 def _sources(row: Row) -> str:
@@ -313,8 +209,23 @@ FOOTNOTE_PAIRED = (
 )
 
 
+POWER_TARGET = 2.0  # points: the difference a power line asks about (the paper's effects are 1–4 points)
+POWER_NOTE = (
+    "Power, from each comparison's observed paired standard deviation over its n seeds: the 95 % interval's half-width "
+    "is the smallest difference these seeds resolve (smaller ones cannot be told from 0); \"±2 needs n ≥ N\" is how many "
+    "seeds would bring the half-width to 2 points (a true 2-point difference is then told from 0 about half the time), "
+    "and 80 % power how many would detect it four times in five (t₀.₉₇₅ + z₀.₈ approximation)."
+)
+
+
+def _title(table: Table) -> str:
+    return table.group.title() + (f" · draws chosen by {table.selection.rule.title}" if table.selection else "")
+
+
 def _footnotes(table: Table) -> list[str]:
     lines = [FOOTNOTE_STD]
+    if table.selection:
+        lines.append(table.selection.rule.note + " Each method − DeepAll difference pairs the two selected draws' runs of the same seed.")
     if table.paired:
         lines.append(FOOTNOTE_PAIRED)
     if _is_paper(table.group):
@@ -335,6 +246,55 @@ NOTE_TITLES = {
 }
 
 
+def power_lines(table: Table) -> list[str]:
+    """A line under each paired comparison of the accuracy table: what its seeds resolve, what would resolve 2 points."""
+    out = []
+    for row in table.rows:
+        for v in table.paired:
+            diffs, _ = table.paired_diffs(v, row)
+            if not diffs:
+                continue
+            name = f"{PAIRED_TITLES.get(v, METHOD_TITLES.get(v, v))} − DeepAll at {mag(row[0])}"
+            p = power(diffs, POWER_TARGET)
+            if p is None:
+                out.append(f"- {name}: 1 seed, no interval; 2 seeds at least.")
+                continue
+            out.append(
+                f"- {name}: n = {p.n} seeds, paired sd {_num(p.sd)} points, so these seeds resolve ±{_num(p.half_width)} points; "
+                f"±{POWER_TARGET:g} needs n ≥ {p.n_resolving} (80 % power: n ≥ {p.n_power80})."
+            )
+    return out
+
+
+def _values(run_hparams: dict[str, Any], keys: list[str]) -> str:
+    def show(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, list) else str(v)
+
+    return ", ".join(f"{k}={show(run_hparams[k])}" for k in keys if k in run_hparams)
+
+
+def draw_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Each cell's selected draw: its score, the draws and seeds behind it, and its hyperparameters (those that vary)."""
+    sel = table.selection
+    assert sel is not None
+    header = ["Target", "Method", "Selected draw", f"Mean {sel.rule.key}", "Draws selectable", "Seeds", "Values of the selected draw"]
+    body = []
+    for row in table.rows:
+        for m in table.methods:
+            choice = sel.choices.get((m, row))
+            if choice is None:
+                continue
+            by_draw = {d: next(iter(runs.values())).metrics.get("hparams") or {} for d, runs in sel.draws.get((m, row), {}).items() if runs}
+            varying = sorted({k for hp in by_draw.values() for k, v in hp.items() if any(o.get(k) != v for o in by_draw.values())})
+            chosen, bad = choice.chosen, [str(s.draw) for s in choice.scores if not s.selectable]
+            usable = f"{len(choice.scores) - len(bad)} of {len(choice.scores)}" + (f" (not: {', '.join(bad)})" if bad else "")
+            draw = DASH if choice.draw is None else f"{choice.draw}{' (defaults)' if choice.draw == 0 else ''}"
+            score = DASH if chosen is None or chosen.score is None else _num(100 * chosen.score)
+            seeds = DASH if chosen is None else " ".join(map(str, chosen.seeds))
+            body.append([mag(row[0]), METHOD_TITLES.get(m, m), draw, score, usable, seeds, _values(by_draw.get(choice.draw, {}), varying) or DASH])
+    return header, body
+
+
 def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
 
@@ -342,9 +302,16 @@ def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
 def to_markdown(tables: Sequence[Table], orphans: Sequence[str]) -> str:
     parts = []
     for table in tables:
-        lines = [f"### {table.group.title()}", "", *_md_table(*rows(table))]
+        lines = [f"### {_title(table)}", "", *_md_table(*rows(table))]
         for line in _footnotes(table):
             lines += ["", line]
+        if table.paired:
+            lines += ["", "Power of each comparison:", "", *power_lines(table), "", POWER_NOTE]
+        if table.selection:
+            lines += ["", f"#### Selected draws, {table.selection.rule.title}", "", *_md_table(*draw_rows(table))]
+            if not table.selection.rule.honest:  # the oracle: its accuracy table and draws only, apart from the honest one
+                parts.append("\n".join(lines).rstrip() + "\n")
+                continue
         for family in FAMILIES:
             got = family_rows(table, family)
             if got:
@@ -364,6 +331,7 @@ def to_markdown(tables: Sequence[Table], orphans: Sequence[str]) -> str:
 CSV_COLUMNS = (
     "task", "protocol", "selection", "backbone", "steps", "data", "target", "sources", "metric", "column",
     "n", "mean", "std", "ci_low", "ci_high", "half_width", "paper_mean", "paper_pm", "delta", "seeds",
+    "draw_rule", "draw", "seeds_for_2pts", "seeds_for_2pts_power80",
 )  # fmt: skip
 
 
@@ -377,6 +345,14 @@ def _stats(values: list[float]) -> list[str]:
     return [str(len(values)), _f(mean), _f(std), _f(ci and ci[1]), _f(ci and ci[2]), _f(ci and ci[2] - ci[0])]
 
 
+def _draw_columns(table: Table, method: str, row: Row) -> list[str]:
+    """(rule, selected draw) of a cell in a table across draws; empty strings elsewhere."""
+    if table.selection is None:
+        return ["", ""]
+    choice = table.selection.choices.get((method, row))
+    return [table.selection.rule.name, "" if choice is None or choice.draw is None else str(choice.draw)]
+
+
 def to_csv(tables: Sequence[Table]) -> str:
     """Long format, one line per (table, row, metric, column), in display units, unrounded to 4 decimals."""
     buf = io.StringIO()
@@ -387,6 +363,7 @@ def to_csv(tables: Sequence[Table]) -> str:
         g = table.group
         for row in table.rows:
             base = [g.task, g.protocol, g.selection, g.backbone, g.steps, g.data, row[0], " ".join(row[1])]
+
             for key, scale in metrics:
                 if key != ACC and not table.has(key):
                     continue
@@ -394,10 +371,13 @@ def to_csv(tables: Sequence[Table]) -> str:
                     cell = table.cell(m, row, key, scale)
                     ref = _paper(g.task, m, row[0]) if key == ACC and _is_paper(g) else None
                     delta = None if ref is None or not cell.values else mean_std(cell.values)[0] - ref[0]
-                    w.writerow([*base, key, m, *_stats(cell.values), _f(ref and ref[0]), _f(ref and ref[1]), _f(delta), " ".join(map(str, sorted(cell.by_seed)))])
+                    seeds = " ".join(map(str, sorted(cell.by_seed)))
+                    w.writerow([*base, key, m, *_stats(cell.values), _f(ref and ref[0]), _f(ref and ref[1]), _f(delta), seeds, *_draw_columns(table, m, row), "", ""])
                 for v in table.paired if key != ORACLE else ():
                     diffs, seeds = table.paired_diffs(v, row, key, scale)
-                    w.writerow([*base, key, f"{v}-deepall", *_stats(diffs), "", "", "", " ".join(map(str, seeds))])
+                    p = power(diffs, POWER_TARGET)
+                    needs = [str(p.n_resolving), str(p.n_power80)] if p else ["", ""]
+                    w.writerow([*base, key, f"{v}-deepall", *_stats(diffs), "", "", "", " ".join(map(str, seeds)), *_draw_columns(table, v, row)[:1], "", *needs])
     return buf.getvalue()
 
 
@@ -424,7 +404,7 @@ def to_latex(tables: Sequence[Table]) -> str:
         out += [
             r"\begin{table}[t]",
             r"\centering\scriptsize",
-            rf"\caption{{{_tex_cell(table.group.title())}. {_tex_cell(' '.join(_footnotes(table)))}}}",
+            rf"\caption{{{_tex_cell(_title(table))}. {_tex_cell(' '.join(_footnotes(table)))}}}",
             rf"\begin{{tabular}}{{ll{'c' * (len(header) - 2)}}}",
             r"\toprule",
             " & ".join(_tex_cell(h) for h in header) + r" \\",

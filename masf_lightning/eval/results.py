@@ -60,10 +60,12 @@ class Run:
     resumed: bool = False
     sources: tuple[str, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
+    draw: int = 0  # hparams_seed: 0 = the registry's defaults (and every run before draws existed), K = draw K
 
     def label(self) -> str:
         seed = "?" if self.seed is None else self.seed
-        return f"{self.method} {self.target} seed {seed}: {self.path}"
+        draw = f" draw {self.draw}" if self.draw else ""
+        return f"{self.method} {self.target}{draw} seed {seed}: {self.path}"
 
     @property
     def row(self) -> tuple[str, tuple[str, ...]]:
@@ -125,11 +127,13 @@ def _data_name(cfg: dict[str, Any] | None) -> str:
     return f"synthetic {size[0]}×{size[1]}" if None not in size else "synthetic"
 
 
-def method_column(method: str, cfg: dict[str, Any] | None) -> str:
-    """`masf` (separate Adams, the public codes) or `masf_joint` (one Adam, Eq. 11 literal); others as named."""
+def method_column(method: str, cfg: dict[str, Any] | None, hparams: dict[str, Any] | None = None) -> str:
+    """`masf` (separate Adams, the public codes) or `masf_joint` (one Adam, Eq. 11 literal); others as named.
+    The layout as metrics.json recorded it (`hparams`), else as the run's config says."""
     if not method.startswith("masf"):
         return method
-    layout = _get(cfg, "method", "optimizers") or _get(cfg, "hparams", "optimizers") or OPTIMIZERS_BEFORE_THE_KEY
+    layout = (hparams or {}).get("optimizers") or _get(cfg, "method", "optimizers") or _get(cfg, "hparams", "optimizers")
+    layout = layout or OPTIMIZERS_BEFORE_THE_KEY
     return f"{method}_joint" if layout == "joint" else method
 
 
@@ -145,10 +149,11 @@ def _group(task: Any, protocol: Any, selection: Any, backbone: Any, steps: Any, 
 def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None) -> Run:
     group = _group(m.get("task"), m.get("protocol"), m.get("selection"), m.get("backbone"), m.get("steps"), _data_name(cfg))
     acc, seed = m.get("target_test_acc"), m.get("seed")
+    draw = m.get("hparams_seed", _get(cfg, "hparams_seed"))
     return Run(
         path=shown,
         group=group,
-        method=method_column(str(m.get("method", "?")), cfg),
+        method=method_column(str(m.get("method", "?")), cfg, m.get("hparams") if isinstance(m.get("hparams"), dict) else None),
         target=str(m.get("target", "?")),
         seed=int(seed) if is_number(seed) else None,
         acc=float(acc) if is_number(acc) else None,
@@ -156,13 +161,14 @@ def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None)
         resumed=bool(m.get("resumed", False)),
         sources=tuple(m.get("sources") or ()),
         metrics=m,
+        draw=int(draw) if is_number(draw) else 0,
     )
 
 
 def _run_from_config(shown: str, cfg: dict[str, Any] | None, status: str) -> Run:
     """A run without usable metrics: identify it from its config so it is listed under the right table."""
     group = _group(_get(cfg, "task"), _get(cfg, "split", "protocol"), _get(cfg, "selection"), _get(cfg, "backbone", "_target_"), _get(cfg, "steps"), _data_name(cfg))
-    seed = _get(cfg, "seed")
+    seed, draw = _get(cfg, "seed"), _get(cfg, "hparams_seed")
     return Run(
         path=shown,
         group=group,
@@ -171,6 +177,7 @@ def _run_from_config(shown: str, cfg: dict[str, Any] | None, status: str) -> Run
         seed=int(seed) if is_number(seed) else None,
         status=status,
         sources=tuple(_get(cfg, "data", "sources") or ()),
+        draw=int(draw) if is_number(draw) else 0,
     )
 
 
@@ -209,7 +216,7 @@ def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
 
 
 def _mark_duplicates(runs: list[Run]) -> None:
-    """Two finished runs of one (table, method, row, seed): keep the first by path, list the rest.
+    """Two finished runs of one (table, method, row, draw, seed): keep the first by path, list the rest.
 
     They would otherwise count as two seeds and break the by-seed pairing.
     """
@@ -217,7 +224,7 @@ def _mark_duplicates(runs: list[Run]) -> None:
     for r in sorted(runs, key=lambda r: r.path):
         if r.status not in ("ok", "nan") or r.group is None or r.seed is None:
             continue
-        key = (r.group, r.method, r.row, r.seed)
+        key = (r.group, r.method, r.row, r.draw, r.seed)
         if key in first:
             r.status = "duplicate"
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 # Two-sided 95 % Student t quantiles t_{0.975, df}, df = 1..30.
 T975 = (
@@ -43,3 +44,37 @@ def t_interval(values: Sequence[float]) -> tuple[float, float, float] | None:
         return None
     half = t_quantile_975(len(values) - 1) * std / math.sqrt(len(values))
     return mean, mean - half, mean + half
+
+
+Z80 = 0.8416212335729143  # one-sided 80 % normal quantile: the power convention of sample-size tables
+
+
+@dataclass(frozen=True)
+class Power:
+    """What a paired comparison over `n` seeds can resolve, from its observed paired standard deviation `sd`."""
+
+    n: int
+    sd: float
+    half_width: float  # the smallest |difference| whose 95 % interval excludes 0 with these n seeds
+    n_resolving: int  # seeds whose 95 % interval half-width would be <= `target` (detects `target` about half the time)
+    n_power80: int  # seeds to detect a true difference of `target` with 80 % power (two-sided 5 % test)
+    target: float
+
+
+def seeds_needed(sd: float, target: float, power_z: float = 0.0, cap: int = 10_000) -> int:
+    """Smallest n >= 2 with (t_{0.975, n-1} + power_z) · sd / √n <= target; `cap` when none is below it."""
+    if sd == 0:
+        return 2
+    for n in range(2, cap):
+        if (t_quantile_975(n - 1) + power_z) * sd / math.sqrt(n) <= target:
+            return n
+    return cap
+
+
+def power(diffs: Sequence[float], target: float = 2.0) -> Power | None:
+    """Power of a paired comparison (per-seed differences, percentage points); None below two seeds."""
+    got = t_interval(diffs) if len(diffs) > 1 else None
+    if got is None:
+        return None
+    sd = mean_std(diffs)[1] or 0.0
+    return Power(len(diffs), sd, got[2] - got[0], seeds_needed(sd, target), seeds_needed(sd, target, Z80), target)
