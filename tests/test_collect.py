@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import collect  # noqa: E402
+import collect_cells  # noqa: E402
 
 from masf_lightning.eval import stats  # noqa: E402
 
@@ -166,8 +167,8 @@ def test_sample_std_known_numbers() -> None:
     mean, std = stats.mean_std([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and std == pytest.approx(math.sqrt(5 / 3))  # Σ(x−x̄)² = 5, / (n−1) = 3; ddof=0 would give √1.25
     assert stats.mean_std([7.0]) == (7.0, None)
-    assert collect.fmt_cell(collect.Cell({0: 7.0})) == "7.00 ± – (n=1)"
-    assert collect.fmt_cell(collect.Cell()) == "–"
+    assert collect_cells.fmt_cell(collect_cells.Cell({0: 7.0})) == "7.00 ± – (n=1)"
+    assert collect_cells.fmt_cell(collect_cells.Cell()) == "–"
 
 
 def test_paired_interval_known_numbers() -> None:
@@ -175,9 +176,9 @@ def test_paired_interval_known_numbers() -> None:
     half = 4.302652730 * 2.0 / math.sqrt(3)
     assert (mean, low, high) == pytest.approx((5.0, 5.0 - half, 5.0 + half))
     assert stats.t_interval([1.0]) is None
-    assert collect.fmt_paired([1.0]) == "+1.00 [–] (n=1)"
-    assert collect.fmt_paired([]) == "–"
-    assert collect.fmt_paired([-1.0, -3.0]) == "-2.00 ± 12.71 [-14.71, +10.71] (n=2)"  # sd √2, 12.7062·√2/√2
+    assert collect_cells.fmt_paired([1.0]) == "+1.00 [–] (n=1)"
+    assert collect_cells.fmt_paired([]) == "–"
+    assert collect_cells.fmt_paired([-1.0, -3.0]) == "-2.00 ± 12.71 [-14.71, +10.71] (n=2)"  # sd √2, 12.7062·√2/√2
 
 
 def _student_cdf(t: float, df: int, n: int = 4000) -> float:

@@ -11,7 +11,8 @@ from torchvision.io import encode_png
 
 from masf_lightning.data.breakhis import MAGNIFICATIONS, TUMOR_TYPES, index_breakhis
 from masf_lightning.data.cache import Geometry, build_cache, decode_rgb_file
-from masf_lightning.data.splits import check_split_covers, make_split
+from masf_lightning.data.manifest import check_split_covers
+from masf_lightning.data.splits import make_split
 from masf_lightning.data.stain import ReinhardNormalizer
 from masf_lightning.errors import DataError
 from tests.conftest import BREAST, breakhis_file, png_bytes

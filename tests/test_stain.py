@@ -13,14 +13,13 @@ from omegaconf import OmegaConf
 from skimage import color, data
 from torchvision.io import write_png
 
+from masf_lightning.data.color import _lab, uint8_percentile
 from masf_lightning.data.stain import (
     PAPER_TARGET_MEANS,
     PAPER_TARGET_STDS,
     IdentityNormalizer,
     MacenkoNormalizer,
     ReinhardNormalizer,
-    _lab,
-    uint8_percentile,
 )
 from masf_lightning.errors import ConfigError, DataError
 

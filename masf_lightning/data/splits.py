@@ -1,4 +1,4 @@
-"""Train/val/test splits as decisions on the index table, saved as a manifest next to the results.
+"""Train/val/test splits as decisions on the index table; `manifest.py` saves them beside the results.
 
 Protocols:
 - ``paper``: the paper's public code (DataframeSplitter.split, bghojogh/Histopathology-Magnification-
@@ -20,17 +20,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masf_lightning.data.breakhis import TUMOR_TYPES, domain_name, parse_domain
+from masf_lightning.choices import PROTOCOLS
+from masf_lightning.data.breakhis import TUMOR_TYPES
 from masf_lightning.errors import ConfigError, DataError
-from masf_lightning.io import atomic_path
+from masf_lightning.relations import (
+    DEFAULT_FRACTIONS,
+    FRACTIONS_SAY,
+    PAPER_FRACTIONS,
+    fractions_ok,
+    require_choice,
+    split_complete,
+    violation,
+)  # fmt: skip
 
-PROTOCOLS: tuple[str, ...] = ("paper", "patient", "official_fold")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 UNUSED = "unused"
-MANIFEST_COLUMNS: tuple[str, ...] = ("path", "patient", "tumor_type", "magnification", "split")
-DEFAULT_FRACTIONS: tuple[float, float, float] = (0.6, 0.1, 0.3)
-# (train, val, test) of the public code: split_ratio is (test, train, val) = (0.45, 0.45, 0.10) there.
-PAPER_FRACTIONS: tuple[float, float, float] = (0.45, 0.10, 0.45)
 
 
 def _require_columns(index: pd.DataFrame, columns: Iterable[str]) -> None:
@@ -43,12 +47,8 @@ def _require_columns(index: pd.DataFrame, columns: Iterable[str]) -> None:
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     fr = tuple(float(f) for f in fractions)
-    if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise ConfigError(
-            f"split.fractions {list(fractions)} must be three non-negative numbers (train, val, test) summing to 1"
-        )
-    if fr[0] == 0 or fr[2] == 0:
-        raise ConfigError(f"split.fractions {list(fractions)} must give train and test a non-zero share")
+    if not all(math.isfinite(f) for f in fr) or not fractions_ok(fr):
+        raise violation("split.fractions", list(fractions), f"must be {FRACTIONS_SAY}")
     return fr  # type: ignore[return-value]
 
 
@@ -216,9 +216,9 @@ def _split_official_fold(
     fractions: tuple[float, float, float],
     fold_file: str | os.PathLike[str] | None,
 ) -> pd.Series:
-    """Train/test from the fold file; val = about fractions[1] of train patients per type (our choice)."""
-    if fold_file is None:
-        raise ConfigError("split protocol 'official_fold' needs split.fold_file (a BreaKHis dsfold<k>.txt)")
+    """Train/test from the fold file (make_split checked there is one); val = about fractions[1] of train patients
+    per type (our choice)."""
+    assert fold_file is not None
     _require_columns(index, ("path", "patient", "tumor_type", "magnification"))
     table = read_fold_file(fold_file)
     names = index["path"].str.rsplit("/", n=1).str[-1]
@@ -268,19 +268,16 @@ def make_split(
     `seed` is the config's `split_seed`, independent of the training seed, so reruns share one split.
     """
     seed = _check_seed(seed)
+    require_choice("split.protocol", protocol, PROTOCOLS)
+    if incomplete := split_complete(protocol, fractions, None if fold_file is None else str(fold_file)):
+        key, problem = incomplete
+        raise violation(key, list(fractions) if key == "split.fractions" else fold_file, problem)
     if protocol == "paper":
-        if tuple(fractions) not in (DEFAULT_FRACTIONS, PAPER_FRACTIONS):
-            raise ConfigError(
-                f"split.fractions {list(fractions)} do not apply to protocol 'paper', fixed at 45/10/45 "
-                "train/val/test by the paper's code; use protocol 'patient' to choose fractions"
-            )
         return _split_paper(index, seed)
     if protocol == "patient":
         split = _split_patient(index, seed, _check_fractions(fractions))
-    elif protocol == "official_fold":
-        split = _split_official_fold(index, seed, _check_fractions(fractions), fold_file)
     else:
-        raise ConfigError(f"split.protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
+        split = _split_official_fold(index, seed, _check_fractions(fractions), fold_file)
     check_patient_leakage(index, split)
     return split
 
@@ -307,130 +304,3 @@ def check_patient_leakage(index: pd.DataFrame, split: pd.Series) -> None:
             f"patient {leaking.index[0]} has images in {' and '.join(where)} "
             f"({len(leaking)} leaking patient(s)); use a patient-disjoint split"
         )
-
-
-def check_split_covers(
-    index: pd.DataFrame,
-    split: pd.Series,
-    label_column: str,
-    domains: Mapping[str, Iterable[int | str]] | Iterable[int | str],
-    classes: Sequence[str] | None = None,
-) -> None:
-    """Raise DataError if some class has no images in a needed (domain, split).
-
-    `domains` maps a split name to the domains that need every class there, e.g.
-    {"train": [40, 100, 200], "val": [40, 100, 200], "test": [400]}; a plain list of domains means
-    train, val and test for each. `classes` defaults to the classes present in the index.
-    """
-    if label_column not in index.columns:
-        raise ConfigError(f"label column {label_column!r} is not in the index; use tumor_type or malignancy")
-    _require_columns(index, ("magnification",))
-    split = _aligned(index, split)
-    needed: dict[str, list[int]]
-    if isinstance(domains, Mapping):
-        for s in domains:
-            if s not in SPLITS:
-                raise ConfigError(
-                    f"split {s!r} in the coverage check is unknown; use one of {', '.join(SPLITS)}"
-                )
-        needed = {s: [parse_domain(d) for d in ds] for s, ds in domains.items()}
-    else:
-        doms = [parse_domain(d) for d in domains]
-        needed = {s: doms for s in SPLITS}
-    if classes is None:
-        present = set(index[label_column].unique().tolist())
-        canonical = [c for c in (*TUMOR_TYPES, "benign", "malignant") if c in present]
-        classes = canonical + sorted(present - set(canonical))
-    have = set(
-        zip(
-            index["magnification"].to_numpy().tolist(),
-            split.to_numpy().tolist(),
-            index[label_column].to_numpy().tolist(),
-            strict=True,
-        )
-    )
-    gaps: dict[str, list[str]] = {}
-    for c in classes:
-        for s, doms in needed.items():
-            missing = [domain_name(d) for d in doms if (d, s, c) not in have]
-            if missing:
-                plural = "s" if len(missing) > 1 else ""
-                gaps.setdefault(c, []).append(f"domain{plural} {', '.join(missing)}, split {s!r}")
-    if gaps:
-        problems = [
-            f"class {c!r} with no images in {' nor in '.join(where)}{_placement(index, split, label_column, c)}"
-            for c, where in gaps.items()
-        ]
-        raise DataError(
-            f"split leaves {'; '.join(problems)}; a patient-disjoint split needs at least 2 patients of a class, "
-            "with images at every magnification, to put one in train and one in test: add patients, "
-            "change split.seed/fractions, or use split.protocol=paper"
-        )
-
-
-def _placement(index: pd.DataFrame, split: pd.Series, label_column: str, cls: str) -> str:
-    """" (3 patients: 2 in train, 1 in test)": where the patients of class `cls` went; empty without patients."""
-    if "patient" not in index.columns:
-        return ""
-    rows = (index[label_column] == cls).to_numpy()
-    sides = pd.DataFrame({"patient": index["patient"].to_numpy()[rows], "split": split.to_numpy()[rows]})
-    per_split = sides.drop_duplicates().groupby("split")["patient"].size()
-    where = ", ".join(f"{int(per_split[s])} in {s}" for s in (*SPLITS, UNUSED) if s in per_split)
-    n = sides["patient"].nunique()
-    # 14-13412 is filed under DC and LC and goes wherever its majority type sends it: say so
-    labels = index.loc[index["patient"].isin(sides["patient"].unique()), [label_column, "patient"]]
-    others = labels[labels[label_column] != cls].groupby("patient")[label_column].unique()
-    also = "".join(f"; {p} is also filed under {', '.join(sorted(v))}" for p, v in others.items())
-    return f" ({n} patient{'s' if n != 1 else ''}: {where}{also})"
-
-
-def write_split_manifest(index: pd.DataFrame, split: pd.Series, path: str | os.PathLike[str]) -> None:
-    """Atomically write the split as CSV (path, patient, tumor_type, magnification, split) for auditing and reuse."""
-    _require_columns(index, MANIFEST_COLUMNS[:-1])
-    split = _aligned(index, split)
-    table = index.loc[:, list(MANIFEST_COLUMNS[:-1])].copy()
-    table["split"] = split.to_numpy()
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, lineterminator="\n")
-
-
-def read_split_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a manifest written by `write_split_manifest`, checking its columns and split names."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"split manifest {str(path)!r} does not exist; write it with write_split_manifest")
-    dtypes = {"path": str, "patient": str, "tumor_type": str, "split": str}
-    try:
-        table = pd.read_csv(path, dtype=dtypes, keep_default_na=False)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(
-            f"split manifest {path} is not a readable CSV ({exc}); delete it to rebuild the split"
-        ) from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"split manifest {path} lacks column(s) {missing}; delete it to rebuild the split")
-    bad = ~table["split"].isin((*SPLITS, UNUSED))
-    if bad.any():
-        raise DataError(
-            f"split manifest {path} has unknown split {table['split'][bad].iloc[0]!r}; use train/val/test/unused"
-        )
-    try:
-        table["magnification"] = table["magnification"].astype(np.int64)
-    except (ValueError, TypeError):
-        raise DataError(
-            f"split manifest {path} has a non-integer magnification; delete it to rebuild the split"
-        ) from None
-    return table.loc[:, list(MANIFEST_COLUMNS)]
-
-
-def split_from_manifest(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.Series:
-    """Re-align a saved manifest to `index` by path, so a resumed run reuses exactly the saved split."""
-    _require_columns(index, ("path",))
-    by_path = dict(zip(manifest["path"], manifest["split"], strict=True))
-    values = index["path"].map(by_path)
-    if values.isna().any():
-        first = index["path"][values.isna()].iloc[0]
-        raise DataError(
-            f"{int(values.isna().sum())} indexed image(s) are not in the split manifest, first {first}; delete it to rebuild the split"
-        )
-    return _as_split_series(values.to_numpy(dtype=object), index)
