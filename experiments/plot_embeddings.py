@@ -33,9 +33,9 @@ from matplotlib.lines import Line2D  # noqa: E402
 from masf_lightning.data.breakhis import MAGNIFICATIONS, SUBTYPE_FOLDERS, domain_name  # noqa: E402
 from masf_lightning.errors import DataError, MasfError  # noqa: E402
 from masf_lightning.eval.embeddings import collect  # noqa: E402
-from masf_lightning.eval.runs import load_run  # noqa: E402
 from masf_lightning.eval.tensorboard import PROJECTOR_HEADER  # noqa: E402  (the training projector's columns)
 from masf_lightning.io import atomic_path  # noqa: E402
+from masf_lightning.runs import load_run  # noqa: E402
 
 PROJECTOR_DIR = "fig2_embedding"  # own TensorBoard run: rewriting tb/projector_config.pbtxt would hide the training one
 MAG_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")

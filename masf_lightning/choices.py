@@ -1,17 +1,20 @@
-"""Every closed set of values the configs choose from, written once and torch-free: the config check and the
-code that acts on a choice both import it from here."""
+"""Every closed set of values the configs choose from, written once and torch-free: the config check
+(config/schema.py) and the code that acts on a choice both import it from here."""
 
-TASKS = ("tumor_type", "malignancy")  # data/breakhis.py
-MAGNIFICATIONS = ("40x", "100x", "200x", "400x")  # data/breakhis.py
-SELECTIONS = ("source_val", "target_val", "last")  # pipeline.py
-PROTOCOLS = ("patient", "paper", "official_fold")  # data/splits.py
-LAYOUTS = ("separate", "joint")  # algorithms/masf.py
-REDUCTIONS = ("mean", "sum")  # algorithms/masf.py
-CLASS_AVERAGES = ("present", "all")  # losses.py
-GEOMETRIES = ("resize", "center_crop")  # data/cache.py
+TASKS = ("tumor_type", "malignancy")  # 8 tumour types (Table 1) or benign/malignant (Table 2)
+MAGNIFICATIONS = ("40x", "100x", "200x", "400x")  # BreaKHis's four, each a domain
+# checkpoint selection → the validation metric it maximizes (algorithms/base.py logs them; `last`: none)
+SELECTIONS = {"source_val": "val/source_acc", "target_val": "val/target_acc", "last": None}
+PROTOCOLS = ("patient", "paper", "official_fold")  # split protocols (data/splits.py)
+LAYOUTS = ("separate", "joint")  # MASF's optimizers: the public codes' three Adams, or Eq. 11 as written
+REDUCTIONS = ("mean", "sum")  # Eq. 9's inner gradient: of the batch mean, or of the sum (public code)
+CLASS_AVERAGES = ("present", "all")  # Eq. 6 over classes present in both domains, or all (MASF code)
+GEOMETRIES = ("resize", "center_crop")  # how an image becomes the cached square (data/cache.py)
+# Names from third parties, kept here so the check needs neither torch nor Lightning; tests/test_config_schema.py
+# checks them against torchvision and lightning_fabric.
 IMAGENET_WEIGHTS = ("IMAGENET1K_V1",)  # torchvision's weight sets of alexnet and resnet18
-SYNTHETIC_MIN_SIDE, SYNTHETIC_MAX_SIZE = 16, (700, 460)  # data/synthetic
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true",
               "64-true", "transformer-engine", "transformer-engine-float16")  # lightning_fabric's _PRECISION_INPUT  # fmt: skip
+SYNTHETIC_MIN_SIDE, SYNTHETIC_MAX_SIZE = 16, (700, 460)  # generated image sides: readable tissue to BreaKHis's own size
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range

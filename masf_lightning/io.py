@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file that a later run reads as good."""
+"""Atomic file writes: a crash never leaves a half-written file that a later run reads as good; and the names
+of the files a run folder holds, which training writes and every reader of finished runs opens."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+METRICS_FILE = "metrics.json"  # a finished (or failed) run's numbers and identity
+RUN_CONFIG_FILE = "run_config.json"  # the resolved config the run trained with
+SPLIT_MANIFEST = "split_manifest.csv"  # which image sat in which split
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-CLASS_AVERAGES = ("present", "all")
+from masf_lightning.choices import CLASS_AVERAGES
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

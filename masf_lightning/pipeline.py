@@ -14,17 +14,17 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
+from masf_lightning.choices import SELECTIONS
 from masf_lightning.config.hparams import of_method
 from masf_lightning.data.datamodule import BreakhisDataModule
 from masf_lightning.errors import ConfigError, DataError, MasfError, TrainingError
-from masf_lightning.eval.report import evaluate, log_to_tensorboard
-from masf_lightning.eval.tensorboard import TrainingLogger
-from masf_lightning.io import atomic_path, write_json_atomic
-
-SELECTIONS = {"source_val": "val/source_acc", "target_val": "val/target_acc", "last": None}
-METRICS_FILE = "metrics.json"
+from masf_lightning.eval.report import evaluate
+from masf_lightning.eval.tensorboard import TrainingLogger, log_evaluation
+from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE, atomic_path, write_json_atomic
+from masf_lightning.relations import require_choice
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
@@ -130,9 +130,8 @@ def last_checkpoint_path(run_dir: Path) -> Path:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint, OracleTracker]:
-    monitor = SELECTIONS.get(cfg.selection, "?")
-    if monitor == "?":
-        raise ConfigError(f"selection={cfg.selection!r} is not one of {', '.join(SELECTIONS)}")
+    require_choice("selection", cfg.selection, tuple(SELECTIONS))
+    monitor = SELECTIONS[cfg.selection]
     # the selected checkpoint only (none for selection=last); Lightning's save_last would follow the metric
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -171,7 +170,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
     return trainer, checkpoint, oracle
 
 
-RUN_CONFIG_FILE = "run_config.json"
 # Keys that may differ between a run and its resumption without changing its result.
 NON_RESULT_KEYS = ("paths", "progress", "trainer", "gpu_pool")
 
@@ -298,7 +296,8 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
         oracle_target_test_acc=oracle.best,
         oracle_step=oracle.step,
     )
-    log_to_tensorboard(trainer, module, dm, metrics, cfg)
+    if isinstance(trainer.logger, TensorBoardLogger):
+        log_evaluation(trainer.logger.experiment, module, dm, metrics, cfg, trainer.global_step)
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     return metrics
 

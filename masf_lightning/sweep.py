@@ -15,13 +15,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from masf_lightning.io import METRICS_FILE
+
 FAILED_EXIT_CODE = 3  # as TrainingError's
 
 
 def failed_runs(sweep_dir: Path) -> list[tuple[Path, str]]:
     """(run folder, reason) of every run below `sweep_dir` whose metrics.json records a failure."""
     out = []
-    for path in sorted(sweep_dir.rglob("metrics.json")):
+    for path in sorted(sweep_dir.rglob(METRICS_FILE)):
         try:
             m = json.loads(path.read_text())
         except (OSError, ValueError):

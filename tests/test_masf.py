@@ -259,7 +259,7 @@ def test_meta_updates_embedder_slip_steps_phi_twice() -> None:
 def test_grad_norm_logging_matches_naive() -> None:
     model = tiny_masf()
     b = batches()
-    logged = model.log_grad_norms(model.meta_objective(b, META_TRAIN, META_TEST))
+    logged = model.log_diagnostics(model.meta_objective(b, META_TRAIN, META_TEST))
     cr, gen, tri = naive_losses(model, b, False)
     psi = list(model.featurizer.parameters())
 

@@ -13,6 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from masf_lightning.algorithms import CORAL, MLDG, DeepAll, DeepAllZoom
+from masf_lightning.algorithms.base import Step
 from masf_lightning.config.hparams import constructor_defaults
 from masf_lightning.data.augment import draw_zoom, zoom
 from masf_lightning.losses import coral_penalty
@@ -96,7 +97,8 @@ def test_mldg_step_moves_weights_against_the_gradient() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     grads = [g.clone() for g in ours_mldg(model, b)]
-    model.step_with(opt, list(model.parameters()), grads)
+    model.optimizers = lambda: opt  # type: ignore[method-assign]  # as Lightning hands it over
+    model.apply([Step(0, list(model.parameters()), grads)])
     for p, p0, g in zip(model.parameters(), before, grads, strict=True):
         torch.testing.assert_close(p.detach(), p0 - 1e-2 * g)
 
@@ -125,13 +127,13 @@ def test_coral_penalty_zero_for_identical_sets_and_symmetric() -> None:
 def test_coral_loss_is_cross_entropy_plus_weighted_mean_pair_penalty() -> None:
     b = batches()
     batch = {"domains": b, "step": 0, "meta_train": DOMAINS, "meta_test": []}
-    plain = tiny(DeepAll).training_step(dict(batch), 0)
-    assert float(tiny(CORAL, coral_weight=0.0).training_step(dict(batch), 0)) == pytest.approx(float(plain))
+    plain = tiny(DeepAll).update(dict(batch))[0]["loss"]
+    assert float(tiny(CORAL, coral_weight=0.0).update(dict(batch))[0]["loss"]) == pytest.approx(float(plain))
     model = tiny(CORAL, coral_weight=2.5)
     feats = {d: model.featurizer(x) for d, (x, _) in b.items()}
     pairs = [("40x", "100x"), ("40x", "200x"), ("100x", "200x")]
     expected = float(plain) + 2.5 * sum(float(coral_penalty(feats[p], feats[q])) for p, q in pairs) / 3
-    assert float(model.training_step(dict(batch), 0)) == pytest.approx(expected)
+    assert float(model.update(dict(batch))[0]["loss"]) == pytest.approx(expected)
 
 
 # -- zoom ------------------------------------------------------------------------------------------
@@ -186,15 +188,15 @@ def test_zoom_method_keeps_labels_draws_the_range_and_is_deterministic_per_seed_
 
     b = batches(shape=(3, 8, 8))
     seen = {}
-    loss_of = DeepAll.training_step  # the zoom is applied in training_step, then DeepAll's loss sees the batch
+    update_of = DeepAll.update  # the zoom is applied in DeepAllZoom.update, then DeepAll's loss sees the batch
 
-    def spy(self: DeepAll, batch: dict[str, Any], idx: int) -> torch.Tensor:
+    def spy(self: DeepAll, batch: dict[str, Any]) -> Any:
         seen.update(batch["domains"])
-        return loss_of(self, batch, idx)
+        return update_of(self, batch)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DeepAll, "training_step", spy)
-        model.training_step({"domains": dict(b), "step": 7, "meta_train": DOMAINS, "meta_test": []}, 0)
+        mp.setattr(DeepAll, "update", spy)
+        model.update({"domains": dict(b), "step": 7, "meta_train": DOMAINS, "meta_test": []})
     for d, (x, y) in b.items():
         assert seen[d][1] is y  # labels untouched
         assert seen[d][0].shape == x.shape and not torch.equal(seen[d][0], x)

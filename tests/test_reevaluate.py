@@ -1,4 +1,4 @@
-"""masf_lightning/eval/runs.py: reopening a finished (tiny) run, and re-evaluating it in place."""
+"""masf_lightning/runs.py and reevaluate.py: reopening a finished (tiny) run, and re-evaluating it in place."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from masf_lightning.eval import runs
+from masf_lightning import reevaluate, runs
 from tests.test_train_e2e import ROOT, run_train, tiny_overrides
 
 
@@ -41,7 +41,7 @@ def test_reevaluate_keeps_training_keys_and_recomputes_evaluation(run_dir: Path,
     stale["note_from_training"] = "kept"
     (run / "metrics.json").write_text(json.dumps(stale))
 
-    assert runs.main([str(run), "--device", "cpu"]) == 0
+    assert reevaluate.main([str(run), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("[1/1] ") and f"{run}: target test acc {100 * original['target_test_acc']:.2f}% (was 98.77%)" in out
 
@@ -67,7 +67,7 @@ def test_a_folder_of_runs_is_searched(run_dir: Path, tmp_path: Path, capsys: pyt
 def test_unfinished_run_is_one_error_line_and_nothing_written(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = _copy(run_dir, tmp_path / "run")
     (run / "metrics.json").unlink()
-    assert runs.main([str(run)]) == 2
+    assert reevaluate.main([str(run)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1 and "has not finished" in err
     assert not (run / "metrics.json").exists()
@@ -80,7 +80,7 @@ def test_replaced_checkpoint_is_refused(run_dir: Path, tmp_path: Path, capsys: p
     m["selected_step"] += 1  # as if best-<step>.ckpt had been overwritten by a later save
     before = json.dumps(m)
     (run / "metrics.json").write_text(before)
-    assert runs.main([str(run)]) == 2
+    assert reevaluate.main([str(run)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the checkpoint was replaced" in err
     assert (run / "metrics.json").read_text() == before
@@ -90,7 +90,7 @@ def test_several_runs_one_bad_goes_on_and_fails(run_dir: Path, tmp_path: Path, c
     good = _copy(run_dir, tmp_path / "good")
     bad = _copy(run_dir, tmp_path / "bad")
     (bad / "metrics.json").write_text("{not json")
-    assert runs.main([str(bad), str(good)]) == 2
+    assert reevaluate.main([str(bad), str(good)]) == 2
     captured = capsys.readouterr()
     assert "[2/2] " in captured.out and str(good) in captured.out
     assert f"error: {bad / 'metrics.json'} is not valid JSON" in captured.err
@@ -99,11 +99,15 @@ def test_several_runs_one_bad_goes_on_and_fails(run_dir: Path, tmp_path: Path, c
 
 
 def test_python_dash_m_entry_point(run_dir: Path, tmp_path: Path) -> None:
-    """As the study calls it: `python -m masf_lightning.eval.report RUN_DIR`."""
+    """As README says: `python -m masf_lightning.reevaluate RUN_DIR`; the earlier command says where it went."""
     run = _copy(run_dir, tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-m", "masf_lightning.eval.report", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "masf_lightning.reevaluate", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"[1/1] {run}: target test acc")
+    old = subprocess.run([sys.executable, "-m", "masf_lightning.eval.report", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert old.returncode == 2 and old.stderr.strip().splitlines() == [
+        "error: re-evaluation moved: python -m masf_lightning.reevaluate RUN_DIR [RUN_DIR ...] (same arguments)"
+    ]
 
 
 def test_selected_checkpoint_falls_back_to_last(run_dir: Path, tmp_path: Path) -> None:

@@ -1,24 +1,39 @@
-"""What DeepAll and MASF share: the three sub-networks, validation per magnification, NaN guard."""
+"""What every method shares: the three sub-networks, one training step (update → NaN guard → optimizer steps →
+logs), validation per magnification. A method writes `update(batch)`: its equations, then which optimizer
+steps with which gradients (DomainBed's `update`, with Lightning doing devices, DDP and precision)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from masf_lightning.data.datamodule import step_seed
 from masf_lightning.errors import TrainingError
 from masf_lightning.models import Backbone, make_classifier, make_embedder
+from masf_lightning.seeding import step_seed
+
+Batches = dict[str, tuple[torch.Tensor, torch.Tensor]]  # magnification → (images, labels)
+
+
+@dataclass
+class Step:
+    """Optimizer `optimizer` (an index into configure_optimizers' list) steps `params` on `grads`."""
+
+    optimizer: int
+    params: Sequence[torch.nn.Parameter]
+    grads: Sequence[torch.Tensor]
 
 
 class DGModule(pl.LightningModule):
     """F_ψ (featurizer) → F_θ (classifier), optionally F_φ (embedder), validated per magnification.
 
-    Validation loaders are the datamodule's `val_sets`; we log `val/<domain>/acc`, their source mean
-    `val/source_acc` (the honest selection monitor), `val/target_acc` (what the paper's code effectively
-    selected on) and `oracle/target_test_acc` (what the paper's code reported).
+    Validation loaders are the datamodule's `val_sets`, (magnification, split) pairs; we log
+    `val/<magnification>/acc`, their source mean `val/source_acc` (the honest selection monitor),
+    `val/target_acc` (what the paper's code effectively selected on) and `oracle/target_test_acc`
+    (what the paper's code reported).
     """
 
     needs_meta_split: bool = False  # True: each episode splits the sources into meta-train / meta-test (≥ 2 needed)
@@ -35,6 +50,7 @@ class DGModule(pl.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
+        self.automatic_optimization = False  # every method steps its optimizers itself, in `update`
         self.seed = seed
         self.featurizer = backbone.featurizer
         self.classifier = make_classifier(backbone.feature_dim, num_classes)
@@ -48,33 +64,54 @@ class DGModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.featurizer(x))
 
+    # -- what a method writes -------------------------------------------------------------------
+    def update(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[Step]]:
+        """One training step's losses (`loss`: the objective shown in the progress bar; the others are logged
+        as train/<name>) and the optimizer steps they call for, in order."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> Any:
+        return self.adam(self.parameters())
+
+    # -- the plumbing ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         # Dropout (and any torch randomness) of step k depends only on (seed, k): a run resumed from
         # last.ckpt repeats exactly what the uninterrupted run would have drawn.
         torch.manual_seed(step_seed(self.seed, int(batch["step"]), "module"))
 
-    # -- optimization -----------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        losses, steps = self.update(batch)
+        self.check_finite({k: v for k, v in losses.items() if k != "loss"}, batch)
+        self.apply(steps)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, prog_bar=False)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False)
+
     def adam(self, params: Any, lr: float | None = None) -> torch.optim.Adam:
         """Adam as every method here builds it; fused = one kernel over all tensors (~8× faster on 57 M
         AlexNet weights on CPU than foreach, experiments/bench.py), the same arithmetic."""
         return torch.optim.Adam(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay, fused=self.fused_adam or None)
 
-    def backward_(self, loss: torch.Tensor) -> None:
-        """Lightning's manual_backward inside a Trainer (DDP all-reduce, precision), plain backward outside one."""
+    def gradients(self, loss: torch.Tensor, *groups: Sequence[torch.nn.Parameter]) -> list[list[torch.Tensor]]:
+        """One backward of `loss` (Lightning's manual_backward inside a Trainer: DDP all-reduce, precision);
+        each group's gradients, zeros where `loss` does not reach a parameter."""
+        self.zero_grad(set_to_none=True)
         if self._trainer is not None:
             self.manual_backward(loss)
         else:
             loss.backward()
+        return [[p.grad if p.grad is not None else torch.zeros_like(p) for p in group] for group in groups]
 
-    @staticmethod
-    def step_with(optimizer: Any, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
-        """One optimizer step on the given gradients. A LightningOptimizer's step counts in trainer.global_step,
-        a raw torch optimizer's does not: manual-optimization methods step exactly one of the former per iteration."""
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        optimizer.step()
+    def apply(self, steps: Sequence[Step]) -> None:
+        """Each optimizer steps on its gradients, in order. Only the last goes through Lightning's wrapper, so
+        trainer.global_step counts one per training step whatever the number of optimizers."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for i, step in enumerate(steps):
+            for p, g in zip(step.params, step.grads, strict=True):
+                p.grad = g
+            opt = optimizers[step.optimizer]
+            (opt if i == len(steps) - 1 else getattr(opt, "optimizer", opt)).step()
 
-    # -- numerical guard -----------------------------------------------------------------------
     def check_finite(self, losses: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         """Stop at the first NaN/Inf with the step, the loss term and the domains named (one sync per step)."""
         values = torch.stack([v.detach().float() for v in losses.values()])
@@ -86,7 +123,7 @@ class DGModule(pl.LightningModule):
                 "last good checkpoint kept; lower the learning rates or enable clipping"
             )
 
-    # -- validation: accuracy per magnification -------------------------------------------------
+    # -- validation: accuracy per (magnification, split) ------------------------------------------
     def on_validation_epoch_start(self) -> None:
         n = len(self.trainer.datamodule.val_sets)
         self._val_counts = torch.zeros(n, 2, device=self.device, dtype=torch.float64)
@@ -98,13 +135,13 @@ class DGModule(pl.LightningModule):
         self._val_counts[dataloader_idx, 1] += len(y)
 
     def on_validation_epoch_end(self) -> None:
+        dm = self.trainer.datamodule
         counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
-        sets = self.trainer.datamodule.val_sets  # sources' val …, target val, target test
-        acc = (counts[:, 0] / counts[:, 1].clamp_min(1)).float()
-        metrics = {f"val/{d}/acc": acc[i] for i, (d, _) in enumerate(sets[:-2])}
-        metrics["val/source_acc"] = acc[:-2].mean()
-        metrics["val/target_acc"] = acc[-2]
+        acc = dict(zip(dm.val_sets, (counts[:, 0] / counts[:, 1].clamp_min(1)).float(), strict=True))
+        metrics = {f"val/{d}/acc": acc[(d, "val")] for d in dm.sources}
+        metrics["val/source_acc"] = torch.stack([acc[(d, "val")] for d in dm.sources]).mean()
+        metrics["val/target_acc"] = acc[(dm.target, "val")]
         # What the paper's code printed (best test accuracy so far); logged apart, never a selection monitor.
-        metrics["oracle/target_test_acc"] = acc[-1]
+        metrics["oracle/target_test_acc"] = acc[(dm.target, "test")]
         self.log_dict(metrics, prog_bar=False, sync_dist=False)
         self.log("val_src", metrics["val/source_acc"], prog_bar=True, logger=False)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from masf_lightning.algorithms.base import DGModule
+from masf_lightning.algorithms.base import DGModule, Step
 from masf_lightning.losses import coral_penalty, cross_entropy
 
 
@@ -23,18 +23,13 @@ class CORAL(DGModule):
         super().__init__(*args, **kwargs)
         self.coral_weight = coral_weight
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def update(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[Step]]:
         xs, ys = zip(*batch["domains"].values(), strict=True)
         feats = self.featurizer(torch.cat(xs))
         cr = cross_entropy(self.classifier(feats), torch.cat(ys))  # Eq. 3 over all source domains
-        per_domain = feats.split([len(x) for x in xs])
-        pairs = list(combinations(per_domain, 2))
-        penalty = sum(coral_penalty(a, b) for a, b in pairs) / max(1, len(pairs)) if pairs else cr.new_zeros(())
-        self.check_finite({"cr": cr, "coral": penalty}, batch)
-        self.log_dict({"train/cr": cr.detach(), "train/coral": penalty.detach()}, prog_bar=False)
+        pairs = list(combinations(feats.split([len(x) for x in xs]), 2))
+        penalty = sum(coral_penalty(a, b) for a, b in pairs) / len(pairs) if pairs else cr.new_zeros(())
         loss = cr + self.coral_weight * penalty
-        self.log("loss", loss.detach(), prog_bar=True, logger=False)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.adam(self.parameters())
+        params = list(self.parameters())
+        (grads,) = self.gradients(loss, params)
+        return {"loss": loss, "cr": cr, "coral": penalty}, [Step(0, params, grads)]

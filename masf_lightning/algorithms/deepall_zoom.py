@@ -14,10 +14,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from masf_lightning.algorithms.base import Step
 from masf_lightning.algorithms.deepall import DeepAll
 from masf_lightning.autodiff import world_size
 from masf_lightning.data.augment import draw_zoom, zoom
-from masf_lightning.data.datamodule import step_generator
+from masf_lightning.seeding import step_generator
 
 
 class DeepAllZoom(DeepAll):
@@ -34,7 +35,7 @@ class DeepAllZoom(DeepAll):
         rank = dist.get_rank() if w > 1 else 0
         return draw_zoom(n * w, self.zoom_range, step_generator(self.seed, step, f"zoom/{domain}"))[rank::w]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def update(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[Step]]:
         step = int(batch["step"])
-        batch["domains"] = {d: (zoom(x, self.zoom_params(step, d, len(x))), y) for d, (x, y) in batch["domains"].items()}
-        return super().training_step(batch, batch_idx)
+        domains = {d: (zoom(x, self.zoom_params(step, d, len(x))), y) for d, (x, y) in batch["domains"].items()}
+        return super().update({**batch, "domains": domains})

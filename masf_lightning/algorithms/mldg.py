@@ -15,11 +15,9 @@ from typing import Any
 
 import torch
 
-from masf_lightning.algorithms.base import DGModule
+from masf_lightning.algorithms.base import Batches, DGModule, Step
 from masf_lightning.autodiff import inner_step
 from masf_lightning.losses import cross_entropy
-
-Batches = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 class MLDG(DGModule):
@@ -30,7 +28,6 @@ class MLDG(DGModule):
 
     def __init__(self, *args: Any, inner_lr: float, mldg_beta: float, first_order: bool, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.automatic_optimization = False
         self.inner_lr, self.beta, self.first_order = inner_lr, mldg_beta, first_order
 
     def meta_objective(self, batches: Batches, meta_train: Sequence[str], meta_test: Sequence[str]) -> dict[str, Any]:
@@ -44,17 +41,11 @@ class MLDG(DGModule):
 
     def meta_gradient(self, out: dict[str, Any]) -> list[torch.Tensor]:
         """∇_θ [L_tr(θ) + β L_te(θ′)] = ∇L_tr (in hand from the inner step) + β ∇_θ L_te(θ′), one backward."""
-        params = list(self.parameters())
-        self.zero_grad(set_to_none=True)
-        self.backward_(self.beta * out["te"])
-        return [g + (p.grad if p.grad is not None else 0) for p, g in zip(params, out["tr_grads"], strict=True)]
+        (te_grads,) = self.gradients(self.beta * out["te"], list(self.parameters()))
+        return [g + t for g, t in zip(out["tr_grads"], te_grads, strict=True)]
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def update(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[Step]]:
         out = self.meta_objective(batch["domains"], batch["meta_train"], batch["meta_test"])
-        self.check_finite({"tr": out["tr"], "te": out["te"]}, batch)
-        self.step_with(self.optimizers(), list(self.parameters()), self.meta_gradient(out))
-        self.log_dict({"train/cr": out["tr"], "train/te": out["te"].detach()}, prog_bar=False)
-        self.log("loss", out["tr"] + self.beta * out["te"].detach(), prog_bar=True, logger=False)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.adam(self.parameters())
+        grads = self.meta_gradient(out)
+        losses = {"cr": out["tr"], "te": out["te"].detach()}
+        return {"loss": out["tr"] + self.beta * losses["te"], **losses}, [Step(0, list(self.parameters()), grads)]

@@ -16,27 +16,14 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from masf_lightning import relations
 from masf_lightning.config import schema
 from masf_lightning.config.rules import Rule, is_finite_number
 from masf_lightning.config.schema import MAGNIFICATIONS, TrainConfig
 from masf_lightning.errors import ConfigError
+from masf_lightning.relations import choices_text, show
 
 _INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
-
-
-def show(value: Any) -> str:
-    """A value as one writes it on the command line: -1, 1e-05, true, null, [0.5,0.5], 400x."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{show(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, str) and (value == "" or " " in value):
-        return repr(value)
-    return str(value)
 
 
 class Config:
@@ -107,10 +94,6 @@ def _fits(value: Any, tp: Any) -> bool:
 _NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"), str: ("a string", "strings")}
 
 
-def _choices(r: Rule) -> str:
-    return ", ".join(dict.fromkeys(show(c) for c in r.choices))  # 32 and "32" read alike
-
-
 def allowed(tp: Any, r: Rule) -> str:
     """What a key may hold, in words: 'an integer >= 0', 'one of a, b', 'a list of 3 numbers > 0', '… or null'."""
     nullable, alts = alternatives(tp)
@@ -118,7 +101,7 @@ def allowed(tp: Any, r: Rule) -> str:
     if r.says:
         text = r.says
     elif r.choices:
-        text = f"a {'non-empty ' if r.min_length else ''}list of {_choices(r)}" if is_list else f"one of {_choices(r)}"
+        text = f"a {'non-empty ' if r.min_length else ''}list of {choices_text(r.choices)}" if is_list else f"one of {choices_text(r.choices)}"
     elif is_list:
         (item,) = typing.get_args(alts[0])
         text = " ".join(filter(None, ["a list of", str(r.length or ""), _NOUNS[item][1], r.bounds()]))
@@ -141,7 +124,7 @@ def _violation(value: Any, tp: Any, r: Rule) -> str | None:
         ok = (r.length is None or len(value) == r.length) and len(value) >= r.min_length and all(r.admits(v) for v in value)
         return None if ok and (r.test is None or r.test(value)) else f"must be {allowed(tp, r)}"
     if r.choices and not r.admits(value):
-        return f"must be one of {_choices(r)}{', null' if nullable else ''}"
+        return f"must be one of {choices_text(r.choices)}{', null' if nullable else ''}"
     if not r.admits(value):
         return f"must be {r.bounds()}{' or null' if nullable else ''}"
     if r.test is not None and not r.test(value):
@@ -248,45 +231,32 @@ def steps_cover_a_check(c: Config) -> Iterator[ConfigError]:
 
 
 def batch_shards_evenly(c: Config) -> Iterator[ConfigError]:
-    n, batch = _processes(c), c.get("data.batch_size_per_domain")
-    if n and batch % n:
-        yield c.fail("data.batch_size_per_domain", f"must be divisible by the {n} processes (trainer.devices={show(c.get('trainer.devices'))})")
+    if problem := relations.batch_shards_evenly(c.get("data.batch_size_per_domain"), _processes(c) or 0):
+        yield c.fail("data.batch_size_per_domain", f"{problem} (trainer.devices={show(c.get('trainer.devices'))})")
 
 
 def target_stays_unseen(c: Config) -> Iterator[ConfigError]:
-    sources, target = c.get("data.sources"), c.get("target")
-    if sources and target in sources:
-        yield c.fail("data.sources", f"contains target={target}: the target magnification must stay unseen")
-    if sources and len(set(sources)) != len(sources):
-        yield c.fail("data.sources", "lists a magnification twice")
+    if (sources := c.get("data.sources")) and (problem := relations.target_stays_unseen(sources, c.get("target"))):
+        yield c.fail("data.sources", problem)
 
 
 def meta_split_fits(c: Config) -> Iterator[ConfigError]:
-    n, k = len(_sources(c)), c.get("data.meta_test_domains")
-    if n > 1 and not 1 <= k < n:
-        yield c.fail("data.meta_test_domains", f"must be between 1 and {n - 1} for {n} source domains")
+    if problem := relations.meta_test_domains_fit(c.get("data.meta_test_domains"), len(_sources(c))):
+        yield c.fail("data.meta_test_domains", problem)
     method = _schema_for("method", typing.get_type_hints(TrainConfig)["method"], c.get("method"), c)
-    if method.needs_meta_split and n < 2:
-        name = c.get("method.name")
-        yield ConfigError(
-            f"method={name} needs at least 2 source magnifications for its meta-train/meta-test split; "
-            f"data.sources={_sources(c)} has {n} (train a single magnification with method=deepall)"
-        )
+    if problem := relations.meta_split_possible(c.get("method.name"), method.needs_meta_split, _sources(c)):
+        yield ConfigError(problem)
 
 
 def crop_fits_cache(c: Config) -> Iterator[ConfigError]:
-    size, crop = c.get("data.geometry.size"), c.get("data.input_size")
-    if crop > size:
-        key, side = c.origin("data.input_size"), c.origin("data.geometry.size")
-        yield c.fail(key, f"must be <= {side} ({size}): training crops it from the cached image")
+    side = c.origin("data.geometry.size")
+    if problem := relations.crop_fits_cache(c.get("data.input_size"), side, c.get("data.geometry.size")):
+        yield c.fail(c.origin("data.input_size"), problem)
 
 
 def split_is_complete(c: Config) -> Iterator[ConfigError]:
-    protocol = c.get("split.protocol")
-    if protocol == "official_fold" and not c.get("split.fold_file"):
-        yield c.fail("split.fold_file", "split.protocol=official_fold needs a BreaKHis dsfold<k>.txt")
-    if protocol == "paper" and c.get("split.fractions") not in ([0.6, 0.1, 0.3], [0.45, 0.1, 0.45]):
-        yield c.fail("split.fractions", "split.protocol=paper fixes 45/10/45 train/val/test (the paper's code); use split.protocol=patient to choose fractions")
+    if got := relations.split_complete(c.get("split.protocol"), c.get("split.fractions"), c.get("split.fold_file")):
+        yield c.fail(*got)
 
 
 # In the order they are checked; docs/errors.md lists them.

@@ -25,6 +25,7 @@ from masf_lightning.choices import (
 )  # fmt: skip
 from masf_lightning.config.hparams import BY_NAME, REGISTRY
 from masf_lightning.config.rules import POSITIVE, rule
+from masf_lightning.relations import FRACTIONS_SAY, fractions_ok
 
 # Trainer arguments that pipeline.py sets from other keys: a second value would clash.
 TRAINER_SET_BY_RUN = {
@@ -32,10 +33,6 @@ TRAINER_SET_BY_RUN = {
     "check_val_every_n_epoch": "val_every", "num_sanity_val_steps": None, "use_distributed_sampler": None,
     "callbacks": None, "logger": None, "enable_model_summary": None, "log_every_n_steps": None, "default_root_dir": None,
 }  # fmt: skip
-
-
-def _fractions_ok(fr: list[float]) -> bool:
-    return abs(sum(fr) - 1.0) <= 1e-6 and fr[0] > 0 and fr[2] > 0
 
 
 def _synthetic_size_ok(size: list[int]) -> bool:
@@ -77,7 +74,7 @@ def hparam(name: str) -> Any:
 class Split:
     protocol: str = rule(choices=PROTOCOLS)
     seed: int = rule(ge=0, le=MAX_SEED)
-    fractions: list[float] = rule(length=3, ge=0, test=_fractions_ok, says="a list of 3 numbers >= 0 (train, val, test) summing to 1, train and test > 0")
+    fractions: list[float] = rule(length=3, ge=0, test=fractions_ok, says=FRACTIONS_SAY)
     fold_file: str | None = rule()
 
 
@@ -279,7 +276,7 @@ class TrainConfig:
     hparams_seed: int = rule(ge=0, le=MAX_SEED)
     steps: int = rule(ge=1)
     val_every: int = rule(ge=1)
-    selection: str = rule(choices=SELECTIONS)
+    selection: str = rule(choices=tuple(SELECTIONS))
     early_stopping_patience: int | None = rule(ge=0)
     progress: bool = rule()
     gpu_pool: bool = rule()

@@ -1,4 +1,5 @@
-"""What conf/ needs from Python: the `hparams` node filled from the registry, and the draw's folder name.
+"""What conf/ takes from Python: the `hparams` node filled from the registry, the draw's folder name, and the
+`train_on` group (train on one magnification alone) made from the list of magnifications.
 
 `register()` runs when `masf_lightning.config` is imported: train.py imports it before Hydra composes, and
 a joblib or SLURM worker imports it when it unpickles the CheckConfig callback, before its job's config is
@@ -12,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from masf_lightning.choices import MAGNIFICATIONS
 from masf_lightning.config.hparams import BY_NAME, value
 
 
@@ -29,7 +31,8 @@ def _hparam(key: str, *, _root_: DictConfig) -> Any:
     method, task = OmegaConf.select(_root_, "method.name"), OmegaConf.select(_root_, "task")
     backbone = backbone_name(_root_)
     try:
-        return value(key, str(method), backbone, str(task), seed)
+        got = value(key, str(method), backbone, str(task), seed)
+        return OmegaConf.create(got) if isinstance(got, list) else got  # a list as a config node: OmegaConf.resolve needs it
     except KeyError:  # not raised: the check names a bad backbone first, else hparams.<key> with this value
         return f"no value for backbone {backbone} in masf_lightning/config/hparams.py"
 
@@ -39,9 +42,32 @@ def hparams_dir(seed: Any) -> str:
     return "" if int(seed) == 0 else f"hp{int(seed)}/"
 
 
+def farthest(magnification: str) -> str:
+    """The magnification farthest up or down the ladder: a single-source run's headline unseen target."""
+    i = MAGNIFICATIONS.index(magnification)
+    return max(MAGNIFICATIONS, key=lambda m: abs(MAGNIFICATIONS.index(m) - i))
+
+
+def train_on(magnification: str) -> dict[str, Any]:
+    """`+train_on=<m>` (the transfer map's rows): DeepAll on m alone; every magnification is evaluated
+    (test_acc_by_domain), `target` only names the headline one, the farthest; the run folder says `only_<m>`."""
+    subdir = f"${{task}}/${{method.name}}/only_{magnification}/${{hparams_dir:${{hparams_seed}}}}seed${{seed}}"
+    return {"data": {"sources": [magnification]}, "target": farthest(magnification), "hydra": {"sweep": {"subdir": subdir}}}
+
+
+def smaller(a: Any, b: Any) -> Any:
+    """`${min:a,b}`; with a value that is not a number (a typo the check will name), `a` unchanged."""
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+    return min(a, b) if numbers else a
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("hparam", _hparam, replace=True, use_cache=False)
     OmegaConf.register_new_resolver("hparams_dir", hparams_dir, replace=True)
+    OmegaConf.register_new_resolver("min", smaller, replace=True)  # `val_every: ${min:50,${steps}}`
     # conf/train.yaml's `- hparams: registry`: one `KEY: ${hparam:KEY}` per registry entry, so overriding
     # `hparams.KEY=...` on the command line replaces the registry's value and nothing else.
-    ConfigStore.instance().store(group="hparams", name="registry", node={k: f"${{hparam:{k}}}" for k in BY_NAME})
+    store = ConfigStore.instance()
+    store.store(group="hparams", name="registry", node={k: f"${{hparam:{k}}}" for k in BY_NAME})
+    for m in MAGNIFICATIONS:
+        store.store(group="train_on", name=m, node=train_on(m), package="_global_")

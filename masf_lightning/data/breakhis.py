@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from masf_lightning import choices
 from masf_lightning.errors import ConfigError, DataError, MasfError
 
 # Class ids 0..7 follow this order, the order of the paper's public code (Tumor_type_classification/main.py).
@@ -43,9 +44,9 @@ SUBTYPE_FOLDERS: dict[str, str] = {
     "MC": "mucinous_carcinoma",
     "PC": "papillary_carcinoma",
 }
-MAGNIFICATIONS: tuple[int, ...] = (40, 100, 200, 400)
+MAGNIFICATIONS: tuple[int, ...] = tuple(int(m.removesuffix("x")) for m in choices.MAGNIFICATIONS)  # 40, 100, 200, 400
 MALIGNANCY: tuple[str, ...] = ("benign", "malignant")
-TASKS: tuple[str, ...] = ("tumor_type", "malignancy")
+TASKS: tuple[str, ...] = choices.TASKS
 INDEX_COLUMNS: tuple[str, ...] = ("path", "malignancy", "tumor_type", "patient", "magnification", "seq")
 
 OFFICIAL_TOTAL = 7909

@@ -25,10 +25,12 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from masf_lightning.choices import GEOMETRIES
 from masf_lightning.data.decode import decode_rgb_file
 from masf_lightning.data.stain import IdentityNormalizer, StainNormalizer
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.io import atomic_path
+from masf_lightning.relations import require_choice
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -65,8 +67,7 @@ class Geometry:
     size: int = 227
 
     def __post_init__(self) -> None:
-        if self.mode not in ("resize", "center_crop"):
-            raise ConfigError(f"geometry.mode must be 'resize' or 'center_crop', got {self.mode!r}")
+        require_choice("data.geometry.mode", self.mode, GEOMETRIES)
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
             raise ConfigError(f"geometry.size must be a positive integer, got {self.size!r}")
 

@@ -9,7 +9,6 @@ materialized, augmented and normalized after transfer, on the device that trains
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,21 +23,21 @@ from torch.utils.data import DataLoader, Dataset
 from masf_lightning.data.augment import augment, center_crop
 from masf_lightning.data.breakhis import class_names, domain_name, index_breakhis, parse_domain
 from masf_lightning.data.cache import CachedImages, Geometry, build_cache
-from masf_lightning.data.splits import check_split_covers, make_split, write_split_manifest
+from masf_lightning.data.manifest import check_split_covers, write_split_manifest
+from masf_lightning.data.splits import make_split
 from masf_lightning.errors import ConfigError, DataError
+from masf_lightning.relations import (
+    batch_shards_evenly,
+    crop_fits_cache,
+    meta_split_possible,
+    meta_test_domains_fit,
+    target_stays_unseen,
+    violation,
+)  # fmt: skip
+from masf_lightning.seeding import step_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def step_seed(seed: int, step: int, salt: str = "") -> int:
-    """A 63-bit seed from (seed, step, salt): the randomness of step k never depends on steps before it."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{salt}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def step_generator(seed: int, step: int, salt: str = "") -> torch.Generator:
-    return torch.Generator().manual_seed(step_seed(seed, step, salt))
 
 
 @dataclass
@@ -63,13 +62,10 @@ class EpisodeSampler:
 
     def __post_init__(self) -> None:
         # one source (DeepAll on a single magnification): no meta-split, the source is meta-train
-        if len(self.pools) > 1 and not 1 <= self.meta_test_count < len(self.pools):
-            raise ConfigError(
-                f"data.meta_test_domains={self.meta_test_count} must be between 1 and {len(self.pools) - 1} "
-                f"for {len(self.pools)} source domains"
-            )
-        if self.batch_size % self.world_size:
-            raise ConfigError(f"data.batch_size_per_domain={self.batch_size} must be divisible by the {self.world_size} processes")
+        if problem := meta_test_domains_fit(self.meta_test_count, len(self.pools)):
+            raise violation("data.meta_test_domains", self.meta_test_count, problem)
+        if problem := batch_shards_evenly(self.batch_size, self.world_size):
+            raise violation("data.batch_size_per_domain", self.batch_size, problem)
         for d, pool in self.pools.items():
             y = self.labels[pool]
             self._by_class[d] = [pool[y == c] for c in torch.unique(y).tolist()]
@@ -188,8 +184,8 @@ class BreakhisDataModule(pl.LightningDataModule):
         self.stain = stain
         geometry = dict(geometry or {"mode": "resize", "size": input_size})
         self.geometry = Geometry(**geometry)
-        if input_size > self.geometry.size:
-            raise ConfigError(f"data.input_size={input_size} is larger than data.geometry.size={self.geometry.size}")
+        if problem := crop_fits_cache(input_size, "data.geometry.size", self.geometry.size):
+            raise violation("data.input_size", input_size, problem)
         self.input_size = input_size
         self.split_cfg = dict(split or {"protocol": "patient", "seed": 0})
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".masf_cache"
@@ -221,19 +217,14 @@ class BreakhisDataModule(pl.LightningDataModule):
             names = [domain_name(parse_domain(str(s))) for s in sources]
         except ConfigError:
             raise ConfigError(f"data.sources={list(sources)} holds a value that is not a BreaKHis magnification (40x, 100x, 200x, 400x)") from None
-        if target in names:
-            raise ConfigError(f"data.sources={names} contains target={target}: the target magnification must stay unseen")
-        if len(set(names)) != len(names):
-            raise ConfigError(f"data.sources={names} lists a magnification twice")
+        if problem := target_stays_unseen(names, target):
+            raise violation("data.sources", names, problem)
         return sorted(names, key=parse_domain)
 
     def check_meta_split(self, method: str, needs_meta_split: bool) -> None:
         """One line, before training, instead of a crash inside the first episode."""
-        if needs_meta_split and len(self.sources) < 2:
-            raise ConfigError(
-                f"method={method} needs at least 2 source magnifications for its meta-train/meta-test split; "
-                f"data.sources={self.sources} has {len(self.sources)} (train a single magnification with method=deepall)"
-            )
+        if problem := meta_split_possible(method, needs_meta_split, self.sources):
+            raise ConfigError(problem)
 
     # -- preparation ---------------------------------------------------------------------------
     @property

@@ -1,4 +1,4 @@
-"""After training: evaluate the selected checkpoint on every magnification and log what users look at.
+"""After training: evaluate the selected checkpoint on every magnification.
 
 `evaluate` only orchestrates; each metric is a pure function in its own module (metrics, patient,
 retrieval, invariance, calibration). Headline numbers are top-level scalars so collect.py can
@@ -11,10 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
-from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
 from masf_lightning.data.datamodule import BreakhisDataModule
@@ -117,17 +114,8 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def log_to_tensorboard(trainer: pl.Trainer, module: DGModule, dm: BreakhisDataModule, metrics: dict[str, Any], cfg: DictConfig) -> None:
-    """The evaluation in the training run's TensorBoard folder (see eval/tensorboard.py)."""
-    from masf_lightning.eval.tensorboard import log_evaluation
-
-    if isinstance(trainer.logger, TensorBoardLogger):
-        log_evaluation(trainer.logger.experiment, module, dm, metrics, cfg, trainer.global_step)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command of earlier versions: re-evaluation is its own entry point now
     import sys
 
-    from masf_lightning.eval.runs import main  # re-evaluation of finished runs; see that module
-
-    sys.exit(main())
+    print("error: re-evaluation moved: python -m masf_lightning.reevaluate RUN_DIR [RUN_DIR ...] (same arguments)", file=sys.stderr)
+    sys.exit(2)

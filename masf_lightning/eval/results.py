@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from masf_lightning.data.breakhis import MAGNIFICATIONS, domain_name
+from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE
 
-METRICS_FILE = "metrics.json"
-RUN_CONFIG_FILE = "run_config.json"
 TARGET_ORDER = tuple(domain_name(m) for m in MAGNIFICATIONS)  # 40x, 100x, 200x, 400x
 TASK_ORDER = ("tumor_type", "malignancy")
 # Before `hparams.optimizers` existed MASF had one Adam for Eq. 11 as written: a run without the key is "joint".

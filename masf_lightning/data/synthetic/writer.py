@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from masf_lightning.choices import SYNTHETIC_MAX_SIZE, SYNTHETIC_MIN_SIDE
 from masf_lightning.data.synthetic.dataset import _gradients, _slide, expected_files, render_image
 from masf_lightning.data.synthetic.slide import _Slide
 from masf_lightning.errors import ConfigError, DataError
@@ -18,8 +19,6 @@ MARKER_NAME = ".synthetic_breakhis.json"
 _STAGING_PREFIX = ".synthetic_breakhis.partial-"
 # Bump whenever the pixels a given seed produces change: an old tree then no longer matches.
 _FORMAT_VERSION = 1
-_MAX_SIZE = (700, 460)
-_MIN_SIDE = 16
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
@@ -45,9 +44,9 @@ def _params(seed: Any, patients_per_type: Any, images_per_magnification: Any, si
         w, h = (int(v) for v in size)
     except (TypeError, ValueError):
         raise ConfigError(f"synthetic size must be (width, height), got {size!r}") from None
-    if not (_MIN_SIDE <= w <= _MAX_SIZE[0] and _MIN_SIDE <= h <= _MAX_SIZE[1]):
+    if not (SYNTHETIC_MIN_SIDE <= w <= SYNTHETIC_MAX_SIZE[0] and SYNTHETIC_MIN_SIDE <= h <= SYNTHETIC_MAX_SIZE[1]):
         raise ConfigError(
-            f"synthetic size {w}x{h} out of range: width {_MIN_SIDE}..{_MAX_SIZE[0]}, height {_MIN_SIDE}..{_MAX_SIZE[1]}"
+            f"synthetic size {w}x{h} out of range: width {SYNTHETIC_MIN_SIDE}..{SYNTHETIC_MAX_SIZE[0]}, height {SYNTHETIC_MIN_SIDE}..{SYNTHETIC_MAX_SIZE[1]}"
         )
     for name, v, lo in (
         ("patients_per_type", patients_per_type, 1),
