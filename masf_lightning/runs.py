@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from masf_lightning.algorithms import DGModule
+from masf_lightning.checkpoints import load_checkpoint
 from masf_lightning.data.datamodule import BreakhisDataModule
 from masf_lightning.data.manifest import read_split_manifest
 from masf_lightning.errors import ConfigError, DataError
@@ -89,21 +90,29 @@ class LoadedRun:
     step: int
 
 
-def load_run(run_dir: Path, overrides: Sequence[str] = (), device: str | None = None, checkpoint: Path | None = None) -> LoadedRun:
-    """Rebuild a run's datamodule and model with the pipeline's own builders and load its checkpoint."""
+def load_run(
+    run_dir: Path, overrides: Sequence[str] = (), device: str | None = None, checkpoint: Path | None = None, data: bool = True
+) -> LoadedRun:
+    """Rebuild a run's datamodule and model with the pipeline's own builders and load its checkpoint.
+
+    `data=False` (new images: predict, embed, search): the datamodule is only configured — the run's stain
+    normalizer, geometry, crop and normalization — and no image of the run's data is read or needed.
+    """
     cfg = load_run_config(run_dir, overrides)
     ckpt = checkpoint or selected_checkpoint(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dm = build_datamodule(cfg, None)  # no output dir: the run's split_manifest.csv is read, never rewritten
-    dm.prepare_data()  # regenerates synthetic data if it was deleted; reuses the cache otherwise
-    dm.setup("test")
-    check_split(dm, run_dir)
+    if data:
+        dm.prepare_data()  # regenerates synthetic data if it was deleted; reuses the cache otherwise
+        dm.setup("test")
+        check_split(dm, run_dir)
     module = build_module(cfg, dm.num_classes)
+    state = load_checkpoint(ckpt)
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, whatever torch raises
-        raise DataError(f"{ckpt} cannot be read as a checkpoint ({type(exc).__name__})") from None
-    module.load_state_dict(state["state_dict"])
+        module.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{ckpt}: does not hold the weights of {run_dir}'s model ({reason})") from None
     module.to(dev)
     return LoadedRun(cfg, dm, module, ckpt, int(state.get("global_step", 0)))
 

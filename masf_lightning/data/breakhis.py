@@ -142,6 +142,20 @@ def find_breast_dir(root: Path) -> Path:
     return found[0]
 
 
+def parse_file_name(name: str) -> dict[str, str | int] | None:
+    """The fields a BreaKHis file name carries, or None for any other name (any image extension; folders unchecked).
+
+    SOB_M_DC-14-2523-400-001.png → malignancy malignant, tumor_type DC, patient 14-2523, magnification 400, seq 1.
+    """
+    m = _NAME_RE.match(f"{Path(name).stem}.png")
+    if m is None or m["type"] not in TUMOR_TYPES or int(m["mag"]) not in MAGNIFICATIONS:
+        return None
+    if m["bm"] != ("B" if m["type"] in BENIGN_TYPES else "M"):
+        return None
+    malignancy = "benign" if m["bm"] == "B" else "malignant"
+    return {"malignancy": malignancy, "tumor_type": m["type"], "patient": m["patient"], "magnification": int(m["mag"]), "seq": int(m["seq"])}
+
+
 def _check_file(parts: Sequence[str]) -> tuple[str, str, str, int, int]:
     """Parse one file's name and cross-check it against its folders; return (malignancy, type, patient, mag, seq).
 

@@ -25,6 +25,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from masf_lightning.checkpoints import load_checkpoint
 from masf_lightning.choices import GEOMETRIES
 from masf_lightning.data.decode import decode_rgb_file
 from masf_lightning.data.stain import IdentityNormalizer, StainNormalizer
@@ -240,7 +241,7 @@ def _try_load(path: Path, key: str, rel_paths: list[str], size: int) -> torch.Te
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_checkpoint(path)
         if not isinstance(blob, dict) or blob.get("key") != key:
             # Same 16-hex-digit prefix but another key: practically impossible, handled as absent.
             raise ValueError("stored key does not match")

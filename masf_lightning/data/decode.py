@@ -37,6 +37,8 @@ def decode_rgb_file(path: str | os.PathLike[str]) -> tuple[torch.Tensor, bool]:
         )
     except (RuntimeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if "Unsupported image file" in reason:  # no image signature at all: a text file, a PDF, ...
+            raise DataError(f"{path}: not an image file (PNG, JPEG, WEBP or GIF)") from None
         raise DataError(f"{path}: corrupt or truncated image ({reason})") from None
     if image.dtype != torch.uint8:
         image = TF.to_dtype(image, torch.uint8, scale=True)

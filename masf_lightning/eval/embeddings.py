@@ -8,6 +8,13 @@ from torch import nn
 from masf_lightning.data.datamodule import BreakhisDataModule
 
 
+def outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """F_ψ(x) features, F_θ logits and F_φ embeddings (None when the model has no embedder): what is kept of a batch."""
+    f = model.featurizer(x)
+    embedder = getattr(model, "embedder", None)
+    return {"features": f, "logits": model.classifier(f), "embeddings": embedder(f) if embedder is not None else None}
+
+
 @torch.no_grad()
 def collect(model: nn.Module, dm: BreakhisDataModule, domain: str, split: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Features F_ψ(x), embeddings F_φ(F_ψ(x)) (when the model has an embedder), logits, labels and cache rows."""
@@ -17,11 +24,9 @@ def collect(model: nn.Module, dm: BreakhisDataModule, domain: str, split: str, d
     for rows in dm.eval_loader(domain, split):
         rows = rows.to(device)
         x, y, rows = dm.on_after_batch_transfer(rows, 0)
-        f = model.featurizer(x)
-        out["features"].append(f.float().cpu())
-        out["logits"].append(model.classifier(f).float().cpu())
-        if getattr(model, "embedder", None) is not None:
-            out["embeddings"].append(model.embedder(f).float().cpu())
+        for key, value in outputs(model, x).items():
+            if value is not None:
+                out[key].append(value.float().cpu())
         out["labels"].append(y.cpu())
         out["rows"].append(rows.cpu())
     model.train(was_training)

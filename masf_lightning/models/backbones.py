@@ -15,7 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
-from masf_lightning.errors import ConfigError
+from masf_lightning.checkpoints import load_checkpoint
+from masf_lightning.errors import ConfigError, DataError
 
 # Base address of a mirror holding torchvision's weight files under their own names (tests serve one on 127.0.0.1).
 WEIGHTS_URL_ENV = "MASF_WEIGHTS_URL"
@@ -75,9 +76,9 @@ def _load_weights(arch: str, weights: str | None) -> dict[str, torch.Tensor] | N
         raise ConfigError(f"backbone.weights={weights!r} is not a {arch} weight set (valid: {valid}, null)")
     path = fetch_weights(weights_url(arch, weights), f"ImageNet weights for {arch} ({weights})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ConfigError(f"cannot read ImageNet weights {path}: {exc.__class__.__name__}; delete it and place a fresh copy") from None
+        return load_checkpoint(path)
+    except DataError as exc:  # unreadable, or refused (it would run code)
+        raise ConfigError(f"ImageNet weights {exc}; delete it and place a fresh copy") from None
 
 
 def download_main() -> int:
