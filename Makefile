@@ -9,7 +9,7 @@ TARGETS  := 40x,100x,200x,400x
 # glibc returns >32 MB buffers to the kernel on every free and faults them back each step; keep them
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=34359738368
 
-.PHONY: help install train test lint bench demo data weights table1 table2 fig2 reproduce transfer tensorboard clean
+.PHONY: help install train test lint bench gpu-check demo data weights table1 table2 fig2 reproduce transfer tensorboard clean
 
 help:
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,9 @@ test: install ## the test suite (offline, CPU)
 
 lint: install ## static checks
 	$(PY) -m ruff check masf_lightning experiments tests train.py
+
+gpu-check: install ## on a GPU machine, < 8 min: CUDA tests, GPU step ratios fp32/bf16, 200-step runs, pool projection → results/gpu.json
+	$(PY) experiments/gpu_check.py --out results/gpu.json
 
 bench: install ## speed benchmark: DeepAll vs MASF steps, data path (results/bench.json)
 	@mkdir -p results

@@ -7,6 +7,7 @@ preprocessing throughput and peak memory, in one process so that the ratios are 
     python experiments/bench.py --backbones alexnet --ablations --baseline 1b6fef8   # + what each change gained
     python experiments/bench.py --backbones alexnet --rounds 0 --profile deepall,second_order   # torch.profiler
     python experiments/bench.py --device cuda              # on a GPU (alexnet 3×64)
+    python experiments/bench.py --search-only              # only embedding throughput and archive search (bench_search.py)
 
 Variants are interleaved round by round (the order rotates every round) on the same images, and each
 figure is the median over rounds of that round's ratio to DeepAll: machine noise that lasts longer than
@@ -34,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import bench_data_path  # noqa: E402
 from bench_env import ensure_malloc, machine  # noqa: E402
 from bench_profile import print_profile, profile_step  # noqa: E402
+from bench_search import print_search_report  # noqa: E402
+from bench_search import run as bench_use  # noqa: E402
 from bench_steps import METHODS, backbone_specs, bench_steps, make_variants  # noqa: E402
 
 
@@ -104,7 +107,15 @@ def main() -> None:
     ap.add_argument("--ablations", action="store_true",
                     help="+ second order with autograd's own conv double backward (MASF.conv_double_backward_by_convs=False)")
     ap.add_argument("--compile", action="store_true", help="+ DeepAll with torch.compile(featurizer)")
+    ap.add_argument("--precision", choices=["32", "bf16", "both"], default="32", help="bf16/both: + every method under bf16 autocast")
     ap.add_argument("--baseline", default=None, metavar="REV", help="+ MASF as masf.py was at git revision REV")
+    ap.add_argument("--search-only", action="store_true", help="only embedding throughput and search (experiments/bench_search.py)")
+    ap.add_argument("--no-search", action="store_true", help="skip embedding throughput and search")
+    ap.add_argument("--embed-images", type=int, default=128, help="700×460 PNGs to embed per backbone")
+    ap.add_argument("--embed-batch", type=int, default=64)
+    ap.add_argument("--archive", type=int, default=100_000, help="archive vectors to search")
+    ap.add_argument("--queries", type=int, default=1_000)
+    ap.add_argument("-k", type=int, default=10, help="neighbours per query")
     ap.add_argument("--quick", action="store_true", help="small only, 3 rounds, 1 warm-up")
     ap.add_argument("--verbose", action="store_true", help="print every round")
     ap.add_argument("--json", type=Path, default=None)
@@ -116,6 +127,9 @@ def main() -> None:
         args.batch = 64 if device.type == "cuda" else 16
     if args.quick:
         args.backbones, args.rounds, args.warmup, args.images, args.min_round_s = "small", 3, 1, 96, 0.2
+        args.embed_images, args.archive, args.queries = 64, 20_000, 200
+    if args.search_only:
+        args.rounds, args.profile = 0, ""
     if args.threads:
         torch.set_num_threads(args.threads)
     all_specs = backbone_specs(args)
@@ -156,11 +170,16 @@ def main() -> None:
         print_profile(prof)
         report.setdefault("profile", {})[key] = prof
 
+    if not args.no_search:
+        print("using a trained model: embedding throughput, archive search …", flush=True)
+        report["use"] = bench_use(args)
+
     report["machine"]["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report["peak_rss_mb"] = self_kb / 1024  # Linux reports kilobytes
     report["figures"] = {k: v for k, v in flatten(report).items() if not k.startswith(("profile.", "machine."))}
     print_table(report)
+    print_search_report(report.get("use", {}))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

@@ -22,7 +22,7 @@ def profile_step(spec: BackboneSpec, variant: Variant, device: torch.device, top
 
     phases = ("objective", "backward", "optimizer_step")
     module = make_module(spec, variant, device)
-    step = make_step(module, variant.method, make_batches(spec, device, variant.memory_format), record_function)
+    step = make_step(module, variant.method, make_batches(spec, device, variant.memory_format), record_function, autocast=variant.bf16)
     for _ in range(2):
         step()
     sync(device)

@@ -72,6 +72,7 @@ class Variant:
     compiled: bool = False  # torch.compile(featurizer) (--compile; DeepAll only: compiled graphs cannot double-backward)
     layout: str = "separate"  # MASF's optimizer layout: separate (three Adams, the default) | joint (Eq. 11 literal)
     fused: bool = True  # fused Adam (the default) or torch's foreach Adam (--ablations)
+    bf16: bool = False  # under bf16 autocast, as trainer.precision=bf16-mixed runs it (--precision bf16|both)
 
 
 def memory_format_of(name: str) -> torch.memory_format:
@@ -128,6 +129,7 @@ def make_step(
     method: str,
     batches: dict[str, tuple[torch.Tensor, torch.Tensor]],
     phase: Callable[[str], AbstractContextManager[Any]] = lambda name: nullcontext(),
+    autocast: bool = False,
 ) -> Callable[[], None]:
     """The optimization part of each training_step (no logging, no NaN guard): loss, one backward, the step(s).
 
@@ -140,6 +142,10 @@ def make_step(
     current = isinstance(module, MASF) and hasattr(module, "optimizer_steps")
 
     def step() -> None:
+        with torch.autocast(module.device.type, dtype=torch.bfloat16, enabled=autocast):
+            run()
+
+    def run() -> None:
         if current:
             with phase("objective"):
                 out = module.meta_objective(batches, META_TRAIN, META_TEST)
@@ -169,6 +175,8 @@ def make_variants(args: argparse.Namespace) -> list[Variant]:
     variants += [Variant(f"joint.{m}", m, fmt, layout="joint") for m in METHODS[1:]]
     if args.memory_format == "both":
         variants += [Variant(f"contiguous.{m}", m, "contiguous", reference="contiguous.deepall") for m in METHODS]
+    if args.precision in ("bf16", "both"):
+        variants += [Variant(f"bf16.{m}", m, fmt, bf16=True, reference="bf16.deepall") for m in METHODS]
     if args.ablations:
         variants.append(Variant("second_order_autograd_conv", "second_order", fmt, conv_by_convs=False))
         variants += [Variant(f"foreach.{m}", m, fmt, fused=False, reference="foreach.deepall") for m in METHODS]
@@ -183,7 +191,7 @@ def make_variants(args: argparse.Namespace) -> list[Variant]:
 def bench_steps(spec: BackboneSpec, variants: list[Variant], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Rounds of interleaved steps; per round each variant's ms/step and its ratio to DeepAll's."""
     batches = {f: make_batches(spec, device, f) for f in {v.memory_format for v in variants}}
-    steps = {v.key: make_step(make_module(spec, v, device), v.method, batches[v.memory_format]) for v in variants}
+    steps = {v.key: make_step(make_module(spec, v, device), v.method, batches[v.memory_format], autocast=v.bf16) for v in variants}
 
     faults: dict[str, list[float]] = defaultdict(list)  # minor page faults per step: the allocator's cost, load-proof
 

@@ -1,21 +1,54 @@
 """Loss functions: MASF's (paper Sections 3.1-3.3: cross-entropy, global class alignment, semi-hard triplet) and
 CORAL's feature-statistics penalty.
 
-All functions are pure: tensors in, tensors out, no module state. Equation numbers refer to Sikaroudi et al.,
+All functions are pure: tensors in, tensors out, no module state, and run in float32 under any autocast
+(`full_precision`). Equation numbers refer to Sikaroudi et al.,
 "Magnification Generalization for Histopathology Image Embedding" (IEEE ISBI 2021), which follows MASF (Dou et al.,
 "Domain Generalization via Model-Agnostic Learning of Semantic Features", NeurIPS 2019).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from masf_lightning.choices import CLASS_AVERAGES
 
+F = TypeVar("F", bound=Callable[..., Tensor])
 
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def _upcast(x: Any) -> Any:
+    if isinstance(x, Tensor) and x.dtype in HALF:
+        return x.float()
+    if isinstance(x, Mapping):
+        return {k: _upcast(v) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(_upcast(v) for v in x)
+    return x
+
+
+def full_precision(fn: F) -> F:
+    """Run a loss in float32 whatever autocast is on (bf16-mixed, 16-mixed): softmax at τ, logs of clipped
+    probabilities, squared distances by the Gram expansion (a difference of large numbers) and covariances lose
+    too much in 8–11 mantissa bits, and their gradients start every backward. Inputs are upcast, autocast is
+    off inside; the graph back to the half-precision features stays intact."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Tensor:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*_upcast(args), **_upcast(kwargs))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@full_precision
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Eq. 3: mean over samples of -log p(y | x), p = softmax(logits) (the paper's "log I(y_hat = c)").
 
@@ -27,6 +60,7 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return -log_probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).mean()
 
 
+@full_precision
 def class_soft_labels(
     features: Tensor,
     labels: Tensor,
@@ -66,6 +100,7 @@ def symmetric_kl(p: Tensor, q: Tensor) -> Tensor:
     return 0.5 * ((p - q) * (p.log() - q.log())).sum(dim=-1)
 
 
+@full_precision
 def global_alignment_loss(
     soft_labels: Mapping[str, tuple[Tensor, Tensor]],
     meta_train: Sequence[str],
@@ -114,6 +149,7 @@ def pairwise_squared_distances(embeddings: Tensor) -> Tensor:
     return torch.where(eye, torch.zeros_like(dist), dist)
 
 
+@full_precision
 def triplet_semihard_loss(embeddings: Tensor, labels: Tensor, margin: float = 10.0) -> Tensor:
     """Eq. 8 (sign typo fixed): mean over positive pairs (a, p) of [d(a,p) - d(a,n) + margin]_+, d squared L2.
 
@@ -151,6 +187,7 @@ def triplet_semihard_loss(embeddings: Tensor, labels: Tensor, margin: float = 10
     return total / valid.sum().clamp(min=1).to(total.dtype)
 
 
+@full_precision
 def coral_penalty(a: Tensor, b: Tensor) -> Tensor:
     """CORAL (Sun & Saenko, ECCV-W 2016) as DomainBed trains it: the mean squared difference of two feature sets'
     means plus the mean squared difference of their covariances (unbiased), entry-wise over [D] and [D, D].

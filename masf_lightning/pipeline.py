@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoi
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
+from masf_lightning.checkpoints import SafeCheckpointIO, load_checkpoint
 from masf_lightning.choices import SELECTIONS
 from masf_lightning.config.hparams import of_method
 from masf_lightning.data.datamodule import BreakhisDataModule
@@ -25,6 +26,7 @@ from masf_lightning.eval.report import evaluate
 from masf_lightning.eval.tensorboard import TrainingLogger, log_evaluation
 from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE, atomic_path, write_json_atomic
 from masf_lightning.relations import require_choice
+from masf_lightning.timing import PhaseTimer, phases
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
@@ -50,6 +52,7 @@ def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModul
         seed=cfg.seed,
         output_dir=str(run_dir) if run_dir else None,
         progress=cfg.progress,
+        channels_last=channels_last(cfg),
         _convert_="all",
     )
 
@@ -62,7 +65,13 @@ def build_module(cfg: DictConfig, num_classes: int) -> DGModule:
     backbone_cfg = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in BACKBONE_DATA_KEYS}
     method_cfg = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     # partial: the Backbone object must reach the module as is, not be turned into a config node
-    return instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes, seed=int(cfg.seed))
+    module = instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes, seed=int(cfg.seed))
+    return module.to(memory_format=torch.channels_last) if channels_last(cfg) else module
+
+
+def channels_last(cfg: DictConfig) -> bool:
+    """trainer.channels_last: weights and batches in NHWC (runs from before the key: no)."""
+    return bool(OmegaConf.select(cfg, "trainer.channels_last", default=False))
 
 
 class OracleTracker(pl.Callback):
@@ -149,6 +158,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(cfg.early_stopping_patience)))
     logger = TrainingLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("channels_last", None)  # ours: build_datamodule and build_module apply it
     if trainer_cfg.get("strategy") == "ddp":
         from pytorch_lightning.strategies import DDPStrategy
 
@@ -166,6 +176,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
         enable_model_summary=False,
         log_every_n_steps=10,
         default_root_dir=str(run_dir),
+        plugins=[SafeCheckpointIO()],  # resume (fit's ckpt_path) reads last.ckpt with weights_only=True
     )
     return trainer, checkpoint, oracle
 
@@ -220,9 +231,10 @@ def resume_step(last: Path) -> int | None:
     if not last.is_file():
         return None
     try:
-        return int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    except Exception as exc:  # unpickling a damaged file can raise anything
-        raise DataError(f"{last} cannot be read ({type(exc).__name__}); delete it to restart this run from step 0") from None
+        return int(load_checkpoint(last, mmap=True)["global_step"])
+    except (DataError, KeyError, TypeError, ValueError) as exc:
+        reason = str(exc) if isinstance(exc, DataError) else f"{last}: no global_step ({type(exc).__name__})"
+        raise DataError(f"{reason}; delete it to restart this run from step 0") from None
 
 
 def identity(cfg: DictConfig, dm: BreakhisDataModule) -> dict[str, Any]:
@@ -269,6 +281,8 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     module = build_module(cfg, dm.num_classes)
     dm.check_meta_split(cfg.method.name, needs_meta_split=module.needs_meta_split)
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
+    timer, fit_started = PhaseTimer(), time.time()
+    trainer.callbacks.append(timer)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed_from is not None else None)
     except TrainingError as exc:
@@ -280,8 +294,9 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     if trainer.global_rank != 0:
         return {}
 
+    evaluation_started = time.time()
     selected = checkpoint.best_model_path or str(last)
-    state = torch.load(selected, map_location=module.device, weights_only=False)
+    state = load_checkpoint(selected, map_location=module.device)
     module.load_state_dict(state["state_dict"])
     metrics = evaluate(module, dm, list(cfg.eval.knn_k))
     metrics.update(
@@ -290,6 +305,8 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
         selected_checkpoint=str(Path(selected).relative_to(run_dir)),
         steps_done=int(trainer.global_step),
         wall_time_s=round(time.time() - started, 2),
+        # the most GPU memory the run held at once (training and evaluation); null on CPU
+        peak_gpu_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if module.device.type == "cuda" else None,
         resumed=resumed_from is not None,
         resumed_from_step=resumed_from,
         # not an honest estimate: the best *test* accuracy seen during training, as the paper's code reported
@@ -298,6 +315,7 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     )
     if isinstance(trainer.logger, TensorBoardLogger):
         log_evaluation(trainer.logger.experiment, module, dm, metrics, cfg, trainer.global_step)
+    metrics["time_s"] = phases(fit_started - started, evaluation_started - fit_started, timer, time.time() - evaluation_started)
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     return metrics
 

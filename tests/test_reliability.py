@@ -15,7 +15,7 @@ import torch
 
 from tests.test_train_e2e import ROOT, run_train, tiny_overrides
 
-VOLATILE = {"wall_time_s", "resumed", "resumed_from_step"}
+VOLATILE = {"wall_time_s", "time_s", "resumed", "resumed_from_step"}  # clocks, and how the run got there
 VAL_EVERY = 4
 
 

@@ -91,26 +91,45 @@ class DGModule(pl.LightningModule):
         AlexNet weights on CPU than foreach, experiments/bench.py), the same arithmetic."""
         return torch.optim.Adam(params, lr=self.lr if lr is None else lr, weight_decay=self.weight_decay, fused=self.fused_adam or None)
 
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """Lightning's GradScaler under `trainer.precision=16-mixed`; None in fp32 and bf16 (which need none)."""
+        plugin = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+        return getattr(plugin, "scaler", None)
+
     def gradients(self, loss: torch.Tensor, *groups: Sequence[torch.nn.Parameter]) -> list[list[torch.Tensor]]:
         """One backward of `loss` (Lightning's manual_backward inside a Trainer: DDP all-reduce, precision);
-        each group's gradients, zeros where `loss` does not reach a parameter."""
+        each group's true gradients (unscaled under 16-mixed), zeros where `loss` does not reach a parameter."""
         self.zero_grad(set_to_none=True)
+        scaler = self.grad_scaler()
         if self._trainer is not None:
-            self.manual_backward(loss)
+            self.manual_backward(loss)  # under 16-mixed: of the loss times the scaler's factor
         else:
-            loss.backward()
-        return [[p.grad if p.grad is not None else torch.zeros_like(p) for p in group] for group in groups]
+            (loss if scaler is None else scaler.scale(loss)).backward()
+        grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in group] for group in groups]
+        if scaler is not None:
+            torch._foreach_mul_([g for group in grads for g in group], 1.0 / scaler.get_scale())
+        return grads
 
     def apply(self, steps: Sequence[Step]) -> None:
         """Each optimizer steps on its gradients, in order. Only the last goes through Lightning's wrapper, so
-        trainer.global_step counts one per training step whatever the number of optimizers."""
+        trainer.global_step counts one per training step whatever the number of optimizers. Under 16-mixed an
+        overflow anywhere skips every step, and the last one tells the GradScaler (which then lowers its scale)."""
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        scaler = self.grad_scaler()
+        overflow = scaler is not None and not bool(torch.isfinite(torch.stack(torch._foreach_norm([g for s in steps for g in s.grads]))).all())
         for i, step in enumerate(steps):
-            for p, g in zip(step.params, step.grads, strict=True):
+            last, grads = i == len(steps) - 1, list(step.grads)
+            if last and scaler is not None:  # Lightning's 16-mixed step unscales these, skips on inf, updates the scale
+                grads = list(torch._foreach_mul(grads, scaler.get_scale()))
+                if overflow:
+                    grads[0] = torch.full_like(grads[0], float("inf"))
+            elif overflow:
+                continue
+            for p, g in zip(step.params, grads, strict=True):
                 p.grad = g
             opt = optimizers[step.optimizer]
-            (opt if i == len(steps) - 1 else getattr(opt, "optimizer", opt)).step()
+            (opt if last else getattr(opt, "optimizer", opt)).step()
 
     def check_finite(self, losses: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         """Stop at the first NaN/Inf with the step, the loss term and the domains named (one sync per step)."""

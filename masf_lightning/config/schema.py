@@ -263,6 +263,8 @@ class Trainer:
     strategy: str = rule()
     precision: int | str = rule(choices=PRECISIONS)
     deterministic: bool | str = rule(choices=(True, False, "warn"))
+    benchmark: bool | None = rule()
+    channels_last: bool = rule()  # ours, not Lightning's: pipeline.py takes it out
 
 
 @dataclass

@@ -65,6 +65,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("hparam", _hparam, replace=True, use_cache=False)
     OmegaConf.register_new_resolver("hparams_dir", hparams_dir, replace=True)
     OmegaConf.register_new_resolver("min", smaller, replace=True)  # `val_every: ${min:50,${steps}}`
+    OmegaConf.register_new_resolver("not", lambda x: not x, replace=True)  # `benchmark: ${not:${trainer.deterministic}}`
     # conf/train.yaml's `- hparams: registry`: one `KEY: ${hparam:KEY}` per registry entry, so overriding
     # `hparams.KEY=...` on the command line replaces the registry's value and nothing else.
     store = ConfigStore.instance()

@@ -168,6 +168,7 @@ class BreakhisDataModule(pl.LightningDataModule):
         seed: int = 0,
         output_dir: str | None = None,
         progress: bool = True,
+        channels_last: bool = False,
     ):
         super().__init__()
         if root in (None, "", "???"):
@@ -203,6 +204,7 @@ class BreakhisDataModule(pl.LightningDataModule):
         self.seed = seed
         self.output_dir = Path(output_dir) if output_dir else None
         self.progress = progress
+        self.channels_last = channels_last  # batches in NHWC, as the model's weights (trainer.channels_last)
         self.cached: CachedImages | None = None
         self.index: pd.DataFrame | None = None
         self._images: dict[torch.device, torch.Tensor] = {}
@@ -355,11 +357,15 @@ class BreakhisDataModule(pl.LightningDataModule):
     def materialize(self, rows: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 cache rows → normalized float images; cropped/flipped/rotated by `aug` when given."""
         images = self.images_on(rows.device)
-        x = images[rows.to(images.device)].to(rows.device)
+        return self.to_input(images[rows.to(images.device)].to(rows.device), aug)
+
+    def to_input(self, x: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 N×3×S×S images as the cache holds them (new ones: `preprocess_images`) → the network's input."""
         x = augment(x, self.input_size, aug) if aug is not None else center_crop(x, self.input_size)
         dtype = self.trainer.lightning_module.dtype if self.trainer is not None else torch.float32
         mean, std = self.mean.to(x.device, dtype), self.std.to(x.device, dtype)
-        return x.to(dtype).sub_(mean).div_(std)  # in place: one float buffer per batch
+        x = x.to(dtype, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        return x.sub_(mean).div_(std)  # in place: one float buffer per batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "domains" in batch:
