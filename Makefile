@@ -6,8 +6,6 @@ STAMP    := $(VENV)/.installed
 BREAKHIS ?=
 SEEDS    ?= 0,1,2
 TARGETS  := 40x,100x,200x,400x
-# glibc returns >32 MB buffers to the kernel on every free and faults them back each step; keep them
-export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=34359738368
 
 .PHONY: help install train test lint bench gpu-check demo data weights table1 table2 fig2 reproduce transfer tensorboard clean
 

@@ -42,7 +42,10 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
+    from masf_lightning.memory import keep_freed_memory
     from masf_lightning.pipeline import run, summary_line  # after the check: a bad value fails fast
+
+    keep_freed_memory()  # before training allocates anything big (glibc would unmap and re-fault large buffers)
 
     # Lightning's banner lines (devices, tips) and a torch-internal deprecation add nothing for our users.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_data import bench_data_path  # noqa: E402
 from bench_env import ensure_malloc, machine  # noqa: E402
+from bench_main_job import bench_main_job, print_main_job  # noqa: E402
 from bench_profile import print_profile, profile_step  # noqa: E402
 from bench_search import print_search_report  # noqa: E402
 from bench_search import run as bench_use  # noqa: E402
@@ -63,7 +64,7 @@ def step_entries(result: dict[str, Any], prefix: str = "") -> Iterator[tuple[str
 def print_table(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"\n{m['date']}  torch {m['torch']}  {m['device_name']} ({m['device']}, {m['threads']} threads)  "
-          f"memory_format={report['memory_format']}  GLIBC_TUNABLES={m['glibc_tunables'] or '-'}")
+          f"memory_format={report['memory_format']}  malloc={m['malloc']}")
     print(f"{'backbone':9} {'batch':>5}  {'variant':34} {'ms/step (min–max)':>24} {'× DeepAll (min–max)':>21} {'faults/step':>12}")
     for name in ("small", "alexnet"):
         if name not in report:
@@ -96,7 +97,7 @@ def main() -> None:
     ap.add_argument("--memory-format", choices=["channels_last", "contiguous", "both"], default="channels_last",
                     help="for every variant's weights and images alike; both = channels_last + contiguous variants")
     ap.add_argument("--malloc", choices=["tuned", "default", "inherit"], default="tuned",
-                    help="tuned = the Makefile's GLIBC_TUNABLES, default = glibc's, inherit = as launched")
+                    help="tuned = glibc keeps freed memory, as train.py sets it (masf_lightning/memory.py); default = glibc's; inherit = as launched")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--images", type=int, default=96, help="700×460 PNGs to preprocess (multiple of 32)")
     ap.add_argument("--workers", type=int, default=2, help="preprocessing workers")
@@ -116,6 +117,7 @@ def main() -> None:
     ap.add_argument("--archive", type=int, default=100_000, help="archive vectors to search")
     ap.add_argument("--queries", type=int, default=1_000)
     ap.add_argument("-k", type=int, default=10, help="neighbours per query")
+    ap.add_argument("--no-main-job", action="store_true", help="skip timing `python train.py` (about 90 s) phase by phase")
     ap.add_argument("--quick", action="store_true", help="small only, 3 rounds, 1 warm-up")
     ap.add_argument("--verbose", action="store_true", help="print every round")
     ap.add_argument("--json", type=Path, default=None)
@@ -174,12 +176,17 @@ def main() -> None:
         print("using a trained model: embedding throughput, archive search …", flush=True)
         report["use"] = bench_use(args)
 
+    if not (args.no_main_job or args.quick or args.search_only or args.device != "cpu"):
+        print("the main job: python train.py, phase by phase …", flush=True)
+        report["main_job"] = bench_main_job()
     report["machine"]["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report["peak_rss_mb"] = self_kb / 1024  # Linux reports kilobytes
     report["figures"] = {k: v for k, v in flatten(report).items() if not k.startswith(("profile.", "machine."))}
     print_table(report)
     print_search_report(report.get("use", {}))
+    if "main_job" in report:
+        print_main_job(report["main_job"])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

@@ -1,8 +1,8 @@
 """The process and machine a benchmark's figures come from, and the allocator setting they assume.
 
 Step times on a CPU depend on glibc's malloc (large buffers unmapped on free are page-faulted back in
-on every step), on threads and on load; experiments/bench.py re-executes itself with the Makefile's
-allocator setting and records the machine (device, threads, GLIBC_TUNABLES, load) in every report.
+on every step), on threads and on load; experiments/bench.py sets the allocator as train.py does
+(masf_lightning/memory.py) and records the machine (device, threads, allocator, load) in every report.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-# The Makefile's allocator setting: without it glibc unmaps every >32 MB buffer on free and page-faults
-# it back in on the next step (AlexNet's fc6 gradient alone is 151 MB).
-TUNED_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=34359738368"
+from masf_lightning.memory import keep_freed_memory
+
+MALLOC = {"mode": "default"}  # what ensure_malloc did, for the report
 
 
 def sync(device: torch.device) -> None:
@@ -42,6 +42,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "malloc": MALLOC["mode"],
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     try:
@@ -52,15 +53,13 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def ensure_malloc(mode: str) -> None:
-    """glibc reads GLIBC_TUNABLES at start-up only: re-execute this script with the requested setting."""
-    want = {"tuned": TUNED_MALLOC, "default": None}.get(mode, os.environ.get("GLIBC_TUNABLES"))
-    if os.environ.get("GLIBC_TUNABLES") == want or not sys.platform.startswith("linux"):
-        return
-    env = dict(os.environ)
-    if want is None:
-        env.pop("GLIBC_TUNABLES", None)
+    """tuned: glibc keeps freed memory, as train.py sets it (masf_lightning/memory.py); default: glibc as it is
+    (re-executed without GLIBC_TUNABLES if the shell set it); inherit: whatever the process started with."""
+    if mode == "tuned":
+        MALLOC["mode"] = "tuned (mallopt)" if keep_freed_memory() else "default (not glibc)"
+    elif mode == "default" and os.environ.get("GLIBC_TUNABLES") and sys.platform.startswith("linux"):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     else:
-        env["GLIBC_TUNABLES"] = want
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
+        MALLOC["mode"] = mode

@@ -7,8 +7,8 @@ Tolerances (bf16 keeps 8 mantissa bits, unit roundoff 2^-9):
   (measured 1.2–1.7 %);
 - MASF's meta (β1 L_gen + β2 L_tri) and metric (∇_φ L_tri) gradients: cosine > 0.99, relative error < 15 %
   (measured 0.999 / 4 % and 0.994 / 11 %): both depend on differences between class means and embeddings that
-  nearly coincide at initialization, which bf16 features blur; fp32 losses and an fp32 F_φ halve the error,
-  what is left comes from the bf16 convolutions that are the point of autocast.
+  nearly coincide at initialization, which bf16 features blur; running F_φ in fp32 halves the error (the
+  losses are fp32 already), what is left comes from the bf16 convolutions that are the point of autocast.
 """
 
 from __future__ import annotations
