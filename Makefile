@@ -31,7 +31,7 @@ lint: install ## static checks
 gpu-check: install ## on a GPU machine, < 8 min: CUDA tests, GPU step ratios fp32/bf16, 200-step runs, pool projection → results/gpu.json
 	$(PY) experiments/gpu_check.py --out results/gpu.json
 
-bench: install ## speed benchmark: DeepAll vs MASF steps, data path (results/bench.json)
+bench: install ## speed benchmark: DeepAll vs MASF steps, data path, a timm ViT end to end vs frozen features (results/bench.json)
 	@mkdir -p results
 	$(PY) experiments/bench.py --json results/bench.json
 	@echo "benchmark: results/bench.json"

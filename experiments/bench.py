@@ -8,6 +8,7 @@ preprocessing throughput and peak memory, in one process so that the ratios are 
     python experiments/bench.py --backbones alexnet --rounds 0 --profile deepall,second_order   # torch.profiler
     python experiments/bench.py --device cuda              # on a GPU (alexnet 3×64)
     python experiments/bench.py --search-only              # only embedding throughput and archive search (bench_search.py)
+    python experiments/bench.py --foundation-only          # only a timm ViT end to end against frozen features (bench_foundation.py)
 
 Variants are interleaved round by round (the order rotates every round) on the same images, and each
 figure is the median over rounds of that round's ratio to DeepAll: machine noise that lasts longer than
@@ -34,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_data import bench_data_path  # noqa: E402
 from bench_env import ensure_malloc, machine  # noqa: E402
+from bench_foundation import add_arguments as add_foundation_arguments  # noqa: E402
+from bench_foundation import print_report as print_foundation_report  # noqa: E402
+from bench_foundation import run as bench_foundation  # noqa: E402
 from bench_main_job import bench_main_job, print_main_job  # noqa: E402
 from bench_profile import print_profile, profile_step  # noqa: E402
 from bench_search import print_search_report  # noqa: E402
@@ -118,6 +122,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1_000)
     ap.add_argument("-k", type=int, default=10, help="neighbours per query")
     ap.add_argument("--no-main-job", action="store_true", help="skip timing `python train.py` (about 90 s) phase by phase")
+    ap.add_argument("--foundation-only", action="store_true", help="only a timm ViT end to end against frozen features (bench_foundation.py)")
+    ap.add_argument("--no-foundation", action="store_true", help="skip the foundation-model comparison")
+    add_foundation_arguments(ap)
     ap.add_argument("--quick", action="store_true", help="small only, 3 rounds, 1 warm-up")
     ap.add_argument("--verbose", action="store_true", help="print every round")
     ap.add_argument("--json", type=Path, default=None)
@@ -130,8 +137,10 @@ def main() -> None:
     if args.quick:
         args.backbones, args.rounds, args.warmup, args.images, args.min_round_s = "small", 3, 1, 96, 0.2
         args.embed_images, args.archive, args.queries = 64, 20_000, 200
-    if args.search_only:
+    if args.search_only or args.foundation_only:
         args.rounds, args.profile = 0, ""
+        args.no_search = args.no_search or args.foundation_only
+        args.no_foundation = args.no_foundation or args.search_only
     if args.threads:
         torch.set_num_threads(args.threads)
     all_specs = backbone_specs(args)
@@ -176,7 +185,11 @@ def main() -> None:
         print("using a trained model: embedding throughput, archive search …", flush=True)
         report["use"] = bench_use(args)
 
-    if not (args.no_main_job or args.quick or args.search_only or args.device != "cpu"):
+    if not (args.no_foundation or args.quick):
+        print("a foundation model end to end against frozen features …", flush=True)
+        report["foundation"] = bench_foundation(args)
+
+    if not (args.no_main_job or args.quick or args.search_only or args.foundation_only or args.device != "cpu"):
         print("the main job: python train.py, phase by phase …", flush=True)
         report["main_job"] = bench_main_job()
     report["machine"]["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -185,6 +198,7 @@ def main() -> None:
     report["figures"] = {k: v for k, v in flatten(report).items() if not k.startswith(("profile.", "machine."))}
     print_table(report)
     print_search_report(report.get("use", {}))
+    print_foundation_report(report.get("foundation", {}), args.fm_steps, args.fm_images)
     if "main_job" in report:
         print_main_job(report["main_job"])
     if args.json:

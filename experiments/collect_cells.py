@@ -78,6 +78,11 @@ FAMILIES = (
     Family("Invariance: class-conditional source–target gap (lower = more invariant)",
            "Mean over classes of ‖source class mean − target class mean‖ / within-class spread (test images); 0 = coincide.",
            (("class_gap_features", "F_ψ features"), ("class_gap_embeddings", "F_φ embeddings")), scale=1.0),
+    Family("Invariance: magnification robustness index (PathoROB; higher = more robust)",
+           "Among each test image's k nearest neighbours from other patients (cosine; all magnifications): same class at "
+           "another magnification / (that + other class at the same magnification); 1 = neighbourhoods follow the class, "
+           "0 = the magnification, 0.5 = neither (de Jong et al. 2025; croma's RI, k by k-NN balanced accuracy).",
+           (("mag_robustness_features", "F_ψ features"), ("mag_robustness_embeddings", "F_φ embeddings")), scale=1.0),
     Family("Calibration on the target", "Expected calibration error, 15 equal-width confidence bins (lower = better). Percent.",
            (("target_test_ece", "ECE"),)),
 )  # fmt: skip

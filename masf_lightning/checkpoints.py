@@ -11,6 +11,7 @@ there, and only a plain data type (never a function or a class whose constructio
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -50,6 +51,17 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, 
         ) from None
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file raises whatever the reader meets first
         raise DataError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}): truncated, or not a checkpoint") from None
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A fingerprint of a network's weights (names, shapes, dtypes, values): a search index is queried with the model
+    that built it only, a feature cache is reused by the same encoder weights only."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

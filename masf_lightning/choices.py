@@ -9,7 +9,10 @@ PROTOCOLS = ("patient", "paper", "official_fold")  # split protocols (data/split
 LAYOUTS = ("separate", "joint")  # MASF's optimizers: the public codes' three Adams, or Eq. 11 as written
 REDUCTIONS = ("mean", "sum")  # Eq. 9's inner gradient: of the batch mean, or of the sum (public code)
 CLASS_AVERAGES = ("present", "all")  # Eq. 6 over classes present in both domains, or all (MASF code)
-GEOMETRIES = ("resize", "center_crop")  # how an image becomes the cached square (data/cache.py)
+GEOMETRIES = ("resize", "center_crop", "square")  # how an image becomes the cached square (data/cache.py)
+FOUNDATION_LIBRARIES = ("timm", "transformers")  # what builds a foundation model (models/foundation.py)
+POOLS = ("default", "cls", "cls_mean")  # a foundation model's embedding: its pooled one, class token, class ⊕ mean patch
+TRAINABLE = ("all", "none")  # backbone.trainable, besides a number k of last blocks
 # Names from third parties, kept here so the check needs neither torch nor Lightning; tests/test_config_schema.py
 # checks them against torchvision and lightning_fabric.
 IMAGENET_WEIGHTS = ("IMAGENET1K_V1",)  # torchvision's weight sets of alexnet and resnet18

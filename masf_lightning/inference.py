@@ -9,7 +9,6 @@ of them. A file that cannot be read is skipped with one line; the others go on.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import IO
 
 import torch
 
+from masf_lightning.checkpoints import weights_fingerprint
 from masf_lightning.data.breakhis import parse_file_name
 from masf_lightning.data.cache import preprocess_images
 from masf_lightning.errors import DataError, MasfError
@@ -59,12 +59,7 @@ def gather_images(inputs: Sequence[Path], skipped: Skipped) -> list[Path]:
 
 def model_id(module: torch.nn.Module) -> str:
     """A fingerprint of the weights (names, shapes, dtypes, values): an index built with one model is queried with it only."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return weights_fingerprint(module)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from masf_lightning.errors import ConfigError, DataError, MasfError, TrainingErr
 from masf_lightning.eval.report import evaluate
 from masf_lightning.eval.tensorboard import TrainingLogger, log_evaluation
 from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE, atomic_path, write_json_atomic
+from masf_lightning.models import Backbone
 from masf_lightning.relations import require_choice
 from masf_lightning.timing import PhaseTimer, phases
 
@@ -42,8 +43,10 @@ def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModule:
-    return instantiate(
+def build_datamodule(cfg: DictConfig, run_dir: Path | None, backbone: Backbone | None = None) -> BreakhisDataModule:
+    """The datamodule; a pretrained `backbone` brings its own preprocessing (what the config leaves null: input
+    size, cache side; always mean/std) and, frozen, the encoder whose cached features become the batches."""
+    dm = instantiate(
         cfg.data,
         task=cfg.task,
         target=cfg.target,
@@ -53,19 +56,40 @@ def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> BreakhisDataModul
         output_dir=str(run_dir) if run_dir else None,
         progress=cfg.progress,
         channels_last=channels_last(cfg),
+        **model_preprocessing(cfg, backbone),
         _convert_="all",
     )
+    if backbone is not None and backbone.encoder is not None:
+        dm.use_encoder(backbone.encoder, str(backbone.encoder_id), str(OmegaConf.select(cfg, "backbone.name", default="")))
+    return dm
+
+
+def model_preprocessing(cfg: DictConfig, backbone: Backbone | None) -> dict[str, Any]:
+    """The data keys a pretrained model's own config decides: input size and cache side where the config says null
+    (a number given wins), the geometry's interpolation, mean/std."""
+    prep = backbone.preprocessing if backbone is not None else None
+    if prep is None:
+        return {}
+    input_size = OmegaConf.select(cfg, "data.input_size")
+    geometry = {**OmegaConf.to_container(cfg.data.geometry, resolve=True), "interpolation": prep.interpolation}
+    geometry["size"] = geometry.get("size") or prep.resize
+    return {"input_size": input_size or prep.input_size, "geometry": geometry, "normalize": [list(prep.mean), list(prep.std)]}
 
 
 # Keys of a backbone config that tell the data pipeline, not the network builder.
 BACKBONE_DATA_KEYS = ("cache_size", "input_size", "geometry")
 
 
-def build_module(cfg: DictConfig, num_classes: int) -> DGModule:
-    backbone_cfg = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in BACKBONE_DATA_KEYS}
+def build_backbone(cfg: DictConfig) -> Backbone:
+    """F_ψ from `cfg.backbone` (its data keys left out)."""
+    return instantiate({k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k not in BACKBONE_DATA_KEYS})
+
+
+def build_module(cfg: DictConfig, num_classes: int, backbone: Backbone | None = None) -> DGModule:
     method_cfg = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     # partial: the Backbone object must reach the module as is, not be turned into a config node
-    module = instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=instantiate(backbone_cfg), num_classes=num_classes, seed=int(cfg.seed))
+    backbone = backbone if backbone is not None else build_backbone(cfg)
+    module = instantiate(method_cfg, _partial_=True, _convert_="all")(backbone=backbone, num_classes=num_classes, seed=int(cfg.seed))
     return module.to(memory_format=torch.channels_last) if channels_last(cfg) else module
 
 
@@ -273,12 +297,13 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     if resumed_from is not None:
         print(f"resuming from step {resumed_from}: {last}")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    dm = build_datamodule(cfg, run_dir)
+    backbone = build_backbone(cfg)
+    dm = build_datamodule(cfg, run_dir, backbone)
     dm.prepare_data()
     dm.setup("fit")
     if cfg.progress:
         print(dm.describe())
-    module = build_module(cfg, dm.num_classes)
+    module = build_module(cfg, dm.num_classes, backbone)
     dm.check_meta_split(cfg.method.name, needs_meta_split=module.needs_meta_split)
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
     timer, fit_started = PhaseTimer(), time.time()

@@ -76,8 +76,21 @@ def meta_split_possible(method: str, needs_meta_split: bool, sources: Sequence[s
     return None
 
 
-def crop_fits_cache(input_size: int, cache_key: str, cache_size: int) -> str | None:
-    return f"must be <= {cache_key} ({cache_size}): training crops it from the cached image" if input_size > cache_size else None
+def crop_fits_cache(input_size: int | None, cache_key: str, cache_size: int | None) -> str | None:
+    """null (a pretrained model's own preprocessing decides) fits; the pipeline checks the model's numbers."""
+    if input_size is None or cache_size is None or input_size <= cache_size:
+        return None
+    return f"must be <= {cache_key} ({cache_size}): training crops it from the cached image"
+
+
+def zoom_needs_images(method: str, zooms: bool, trainable: Any) -> str | None:
+    """A whole sentence: the feature mode trains on cached features of unzoomed images, which a zoom cannot act on."""
+    if zooms and trainable == "none":
+        return (
+            f"method={method} zooms images, but backbone.trainable=none trains on cached features of the unzoomed images; "
+            "use backbone.trainable=all or a number of last blocks"
+        )
+    return None
 
 
 def fractions_ok(fractions: Sequence[float]) -> bool:

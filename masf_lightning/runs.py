@@ -18,7 +18,7 @@ from masf_lightning.data.datamodule import BreakhisDataModule
 from masf_lightning.data.manifest import read_split_manifest
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE, SPLIT_MANIFEST
-from masf_lightning.pipeline import build_datamodule, build_module
+from masf_lightning.pipeline import build_backbone, build_datamodule, build_module
 
 
 def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -101,12 +101,13 @@ def load_run(
     cfg = load_run_config(run_dir, overrides)
     ckpt = checkpoint or selected_checkpoint(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dm = build_datamodule(cfg, None)  # no output dir: the run's split_manifest.csv is read, never rewritten
+    backbone = build_backbone(cfg)
+    dm = build_datamodule(cfg, None, backbone)  # no output dir: the run's split_manifest.csv is read, never rewritten
     if data:
         dm.prepare_data()  # regenerates synthetic data if it was deleted; reuses the cache otherwise
         dm.setup("test")
         check_split(dm, run_dir)
-    module = build_module(cfg, dm.num_classes)
+    module = build_module(cfg, dm.num_classes, backbone)
     state = load_checkpoint(ckpt)
     try:
         module.load_state_dict(state["state_dict"])

@@ -107,7 +107,13 @@ def breakhis_3pt(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def no_weight_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_weight_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never reach the internet: ImageNet weight downloads (and train.py subprocesses, which inherit
-    the environment) go to a closed port on 127.0.0.1 unless a test points them at its own server."""
+    the environment) go to a closed port on 127.0.0.1, and the Hugging Face hub is offline, unless a test points
+    them at its own server."""
     monkeypatch.setenv("MASF_WEIGHTS_URL", "http://127.0.0.1:9")
+    # and the Hugging Face hub: offline, an empty cache of the session's own, a closed port should anything still ask
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -27,7 +27,7 @@ from masf_lightning.config.search import FIXED, Dist, LogUniform
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-BACKBONES = ("small", "alexnet", "resnet18")
+BACKBONES = ("small", "alexnet", "resnet18", "foundation")
 METHODS = sorted(f.stem for f in (CONF / "method").glob("*.yaml"))
 
 

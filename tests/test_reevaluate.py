@@ -104,8 +104,19 @@ def test_python_dash_m_entry_point(run_dir: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "masf_lightning.reevaluate", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"[1/1] {run}: target test acc")
-    old = subprocess.run([sys.executable, "-m", "masf_lightning.eval.report", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert old.returncode == 2 and old.stderr.strip().splitlines() == [
+
+
+
+def test_the_earlier_command_says_where_re_evaluation_went(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m masf_lightning.eval.report` (its __main__ block, run in this process: no second interpreter)."""
+    import runpy
+    import warnings
+
+    with pytest.raises(SystemExit) as exit_, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is imported already (by this test session)
+        runpy.run_module("masf_lightning.eval.report", run_name="__main__")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "error: re-evaluation moved: python -m masf_lightning.reevaluate RUN_DIR [RUN_DIR ...] (same arguments)"
     ]
 

@@ -18,7 +18,7 @@ METRIC_KEYS = {
     "source_val_acc", "wall_time_s", "steps_done", "oracle_target_test_acc", "oracle_step", "source_test_acc",
     "patient_recognition_rate", "patient_vote_acc", "knn3_features_acc", "map5_features", "map10_features",
     "own_patient_recall1_features", "mag_predictability_features", "class_gap_features", "target_test_ece",
-    "target_val_acc", "hparams_seed", "hparams", "time_s", "peak_gpu_memory_mb",
+    "target_val_acc", "hparams_seed", "hparams", "time_s", "peak_gpu_memory_mb", "mag_robustness_features",
 }  # fmt: skip
 
 

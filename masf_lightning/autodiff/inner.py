@@ -7,11 +7,13 @@ stopped for the first-order variant), and fast weights the meta-test loss is the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from masf_lightning.autodiff.conv import conv_double_backward_by_convs
 from masf_lightning.autodiff.distributed import mean_across_ranks, world_size
@@ -50,7 +52,10 @@ def inner_step(
     """
     psi, theta = dict(featurizer.named_parameters()), dict(classifier.named_parameters())
     params = [*psi.values(), *theta.values()]
-    with conv_double_backward_by_convs(convs_double_backward and not first_order, x.device.type):
+    # second order differentiates the gradient: attention (a ViT's) must run SDPA's math kernel, whose backward is
+    # itself differentiable (the fused CPU/GPU kernels have no double backward)
+    attention = sdpa_kernel(SDPBackend.MATH) if not first_order else contextlib.nullcontext()
+    with conv_double_backward_by_convs(convs_double_backward and not first_order, x.device.type), attention:
         loss = cross_entropy(functional_call(classifier, theta, functional_call(featurizer, psi, x)), y)
     grads = mean_across_ranks(list(torch.autograd.grad(loss, params, create_graph=not first_order)))
     step = [g.detach() if first_order else g for g in grads]

@@ -1,7 +1,7 @@
 """A Hydra callback that checks the config before Hydra writes anything: the run's, or every job's of a sweep.
 
 Registered under `hydra.callbacks` in conf/train.yaml. `on_run_start` comes before Hydra creates the run
-folder; `on_multirun_start` before the first job of any launcher starts, so a sweep with one bad value
+folder (a foundation model's hub files are fetched then too); `on_multirun_start` before the first job of any launcher starts, so a sweep with one bad value
 fails in seconds, not after the jobs before it have trained. A bad value ends the process with one
 `error:` line and exit code 2 (Hydra turns a callback's exception into a warning, hence the exit here).
 """
@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from masf_lightning import hub
 from masf_lightning.config.check import check_config
 from masf_lightning.errors import ConfigError
 
@@ -33,12 +34,27 @@ def _check_or_exit(config: DictConfig, job: Sequence[str] | None = None) -> None
     try:
         hydra_config.set_config(config)
         check_config(config)
+        fetch_model_files(config)
     except ConfigError as exc:
         where = "" if job is None else f" (sweep job {' '.join(job)}; no job started)" if job else " (sweep; no job started)"
         print(f"error: {exc}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
     finally:
         hydra_config.cfg = before
+
+
+_FETCHED: set[tuple[str, ...]] = set()
+
+
+def fetch_model_files(config: DictConfig) -> None:
+    """A foundation backbone's hub files, downloaded now if missing: a gated, offline-and-uncached or misnamed model
+    stops here, in one line, before Hydra creates the run folder (once per model in a sweep)."""
+    if not str(OmegaConf.select(config, "backbone._target_", default="")).endswith(".foundation"):
+        return
+    name, weights, library = (OmegaConf.select(config, f"backbone.{k}") for k in ("name", "weights", "library"))
+    if (key := (str(name), str(weights), str(library))) not in _FETCHED:
+        hub.model_files(str(name), weights, str(library))
+        _FETCHED.add(key)
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:

@@ -75,6 +75,8 @@ def alternatives(tp: Any) -> tuple[bool, list[Any]]:
 
 
 def _fits(value: Any, tp: Any) -> bool:
+    if tp is dict:  # keyword arguments passed on as they are (backbone.kwargs)
+        return isinstance(value, dict)
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
@@ -254,6 +256,11 @@ def crop_fits_cache(c: Config) -> Iterator[ConfigError]:
         yield c.fail(c.origin("data.input_size"), problem)
 
 
+def zoom_needs_images(c: Config) -> Iterator[ConfigError]:
+    if problem := relations.zoom_needs_images(c.get("method.name"), "zoom_range" in (c.get("method") or {}), c.get("backbone.trainable")):
+        yield ConfigError(problem)
+
+
 def split_is_complete(c: Config) -> Iterator[ConfigError]:
     if got := relations.split_complete(c.get("split.protocol"), c.get("split.fractions"), c.get("split.fold_file")):
         yield c.fail(*got)
@@ -262,6 +269,7 @@ def split_is_complete(c: Config) -> Iterator[ConfigError]:
 # In the order they are checked; docs/errors.md lists them.
 RELATIONS: tuple[Callable[[Config], Iterator[ConfigError]], ...] = (
     steps_cover_a_check, batch_shards_evenly, target_stays_unseen, meta_split_fits, crop_fits_cache, split_is_complete,
+    zoom_needs_images,
 )
 
 

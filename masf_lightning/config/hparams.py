@@ -21,7 +21,7 @@ from masf_lightning.choices import CLASS_AVERAGES, LAYOUTS, REDUCTIONS
 from masf_lightning.config.rules import NON_NEGATIVE, POSITIVE, Rule
 from masf_lightning.config.search import FIXED, Dist, LogUniform, OctaveRange, Uniform, draw_seed
 
-Backbone = str  # the backbone builder's name: `backbone._target_`'s last part (small, alexnet, resnet18)
+Backbone = str  # the backbone builder's name: `backbone._target_`'s last part (small, alexnet, resnet18, foundation)
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,24 @@ def _hp(name: str, type: Any, rule: dict[str, Any], default: Any, search: Dist |
     return HParam(name, type, Rule(**rule), default, search, means, source)
 
 
-# Learning rates each backbone trains well at; the paper sets α = η = γ (Sec. 4.1: 1e-5 for AlexNet).
-LR = per_backbone(small=1e-3, alexnet=1e-5, resnet18=1e-4)
-# DomainBed's lr: 10^U(-4.5, -2.5) for its small-image CNN, 10^U(-5, -3.5) for its ImageNet ResNets.
-LR_SEARCH = per_backbone(small=LogUniform(10**-4.5, 10**-2.5), alexnet=LogUniform(1e-5, 10**-3.5), resnet18=LogUniform(1e-5, 10**-3.5))
+# Learning rates each backbone trains well at; the paper sets α = η = γ (Sec. 4.1: 1e-5 for AlexNet). A foundation
+# model (models/foundation.py: a pretrained ViT + a fresh adapter, frozen or fine-tuned): 1e-4, the top of the three
+# rates UNI's benchmarks sweep for heads and fine-tuning (1e-5, 5e-5, 1e-4; github.com/mahmoodlab/UNI README).
+LR = per_backbone(small=1e-3, alexnet=1e-5, resnet18=1e-4, foundation=1e-4)
+# DomainBed's lr: 10^U(-4.5, -2.5) for its small-image CNN, 10^U(-5, -3.5) for its ImageNet ResNets; a foundation
+# model: 10^U(-5, -3), from fine-tuning a ViT (1e-5) to an adapter on frozen features (1e-3, a linear probe's rate).
+LR_SEARCH = per_backbone(small=LogUniform(10**-4.5, 10**-2.5), alexnet=LogUniform(1e-5, 10**-3.5), resnet18=LogUniform(1e-5, 10**-3.5),
+                         foundation=LogUniform(1e-5, 1e-3))  # fmt: skip
 # α: "no inner step" to a full SGD step; MAML's α is 0.01–0.4 for small CNNs (Finn et al. 2017).
-INNER_LR_SEARCH = per_backbone(small=LogUniform(1e-4, 1e-1), alexnet=LogUniform(1e-6, 1e-3), resnet18=LogUniform(1e-6, 1e-3))
+INNER_LR_SEARCH = per_backbone(small=LogUniform(1e-4, 1e-1), alexnet=LogUniform(1e-6, 1e-3), resnet18=LogUniform(1e-6, 1e-3),
+                               foundation=LogUniform(1e-6, 1e-3))  # fmt: skip
 UNSEARCHED = "a variant of the method, named by the comparison (not searched)"
 
 REGISTRY: tuple[HParam, ...] = (
     # -- every method -------------------------------------------------------------------------------------
     _hp("lr", float, POSITIVE, LR, LR_SEARCH, "η: every method's Adam (Eq. 11; DeepAll, MLDG, CORAL)",
-        "default: the paper (AlexNet) and source validation (small CNN); search: DomainBed"),
+        "default: the paper (AlexNet), source validation (small CNN), the top of UNI's benchmark sweep (foundation models); "
+        "search: DomainBed (foundation models: from fine-tuning's 1e-5 to a probe's 1e-3)"),
     _hp("weight_decay", float, NON_NEGATIVE, 0.0, LogUniform(1e-6, 1e-2), "Adam's L2 penalty, every method",
         "default: the paper (none); search: DomainBed's 10^U(-6, -2) (it fixes 0 for small images; searched here for all)"),
     _hp("fused_adam", bool, {}, True, FIXED, "one fused Adam kernel (same arithmetic as foreach)", "implementation, not searched"),
@@ -87,19 +93,20 @@ REGISTRY: tuple[HParam, ...] = (
         "default: Dou et al. and the paper; search: ours, a decade either side"),
     _hp("temperature", float, POSITIVE, 2.0, LogUniform(1.0, 4.0), "τ, Eq. 5: softening of the class soft labels",
         "default: Dou et al. and the paper; search: ours, 1 to 4"),
-    _hp("margin", float, NON_NEGATIVE, per_backbone(small=1.0, alexnet=10.0, resnet18=10.0),
-        per_backbone(small=Uniform(0.1, 2.0), alexnet=LogUniform(1.0, 10**1.5), resnet18=LogUniform(1.0, 10**1.5)),
+    _hp("margin", float, NON_NEGATIVE, per_backbone(small=1.0, alexnet=10.0, resnet18=10.0, foundation=1.0),
+        per_backbone(small=Uniform(0.1, 2.0), alexnet=LogUniform(1.0, 10**1.5), resnet18=LogUniform(1.0, 10**1.5), foundation=Uniform(0.1, 2.0)),
         "ζ, Eq. 8 (on squared distances)",
-        "default: MASF code's 10 unnormalized; 1.0 on the unit sphere (small CNN, source validation); search: ours, "
-        "U(0.1, 2) on the unit sphere (distances in [0, 4]), 10^U(0, 1.5) unnormalized"),
-    _hp("normalize_embeddings", bool, {}, per_backbone(small=True, alexnet=False, resnet18=False), FIXED,
-        "F_φ on the unit sphere (the paper and its code: false)", "small CNN: source validation (docs/results.md); not searched"),
+        "default: MASF code's 10 unnormalized; 1.0 on the unit sphere (small CNN, source validation; foundation models, "
+        "whose feature scales differ by model); search: ours, U(0.1, 2) on the unit sphere (distances in [0, 4]), 10^U(0, 1.5) unnormalized"),
+    _hp("normalize_embeddings", bool, {}, per_backbone(small=True, alexnet=False, resnet18=False, foundation=True), FIXED,
+        "F_φ on the unit sphere (the paper and its code: false)",
+        "small CNN: source validation (docs/results.md); foundation models: as the small CNN, a margin whatever the model's scale; not searched"),
     _hp("optimizers", str, {"choices": LAYOUTS}, "separate", FIXED, "MASF: three Adams (public codes) or one (Eq. 11 as written)", UNSEARCHED),
     _hp("inner_reduction", str, {"choices": REDUCTIONS}, "mean", FIXED, "Eq. 9 on the batch mean, or the sum (public code)", UNSEARCHED),
     _hp("inner_clip", float | None, POSITIVE, None, FIXED, "per-tensor norm clip of the inner gradient (MASF code: 2.0)", UNSEARCHED),
     _hp("meta_clip", float | None, POSITIVE, 2.0, FIXED, "separate: per-tensor norm clip of the meta gradient", "MASF code; not searched"),
-    _hp("meta_lr", float | None, POSITIVE, per_backbone(small=1e-4, alexnet=None, resnet18=None),
-        per_backbone(small=LogUniform(1e-5, 1e-3), alexnet=LogUniform(1e-6, 1e-4), resnet18=LogUniform(1e-6, 1e-4)),
+    _hp("meta_lr", float | None, POSITIVE, per_backbone(small=1e-4, alexnet=None, resnet18=None, foundation=None),
+        per_backbone(small=LogUniform(1e-5, 1e-3), alexnet=LogUniform(1e-6, 1e-4), resnet18=LogUniform(1e-6, 1e-4), foundation=LogUniform(1e-5, 1e-3)),
         "separate: the meta Adam's lr; null = η (MASF code)",
         "default: MASF code (η); 0.1 η for the small CNN (source validation, docs/results.md); search: ours, a decade either side"),
     _hp("meta_updates_embedder", bool, {}, False, FIXED, "separate: the meta Adam also steps φ (the MASF code's slip)", UNSEARCHED),

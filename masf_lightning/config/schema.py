@@ -12,16 +12,19 @@ from typing import Any, ClassVar
 
 from masf_lightning.choices import (
     ACCELERATORS,
+    FOUNDATION_LIBRARIES,
     GEOMETRIES,
     IMAGENET_WEIGHTS,
     MAGNIFICATIONS,
     MAX_SEED,
+    POOLS,
     PRECISIONS,
     PROTOCOLS,
     SELECTIONS,
     SYNTHETIC_MAX_SIZE,
     SYNTHETIC_MIN_SIDE,
     TASKS,
+    TRAINABLE,
 )  # fmt: skip
 from masf_lightning.config.hparams import BY_NAME, REGISTRY
 from masf_lightning.config.rules import POSITIVE, rule
@@ -99,7 +102,7 @@ class Synthetic:
 @dataclass
 class Geometry:
     mode: str = rule(choices=GEOMETRIES)
-    size: int = rule(ge=1)
+    size: int | None = rule(ge=1)  # null: the foundation model's own (its pretrained_cfg)
 
 
 @dataclass
@@ -109,7 +112,7 @@ class Data:
     root: str = rule()
     synthetic: Synthetic | None = rule()
     geometry: Geometry = rule()
-    input_size: int = rule(ge=1)
+    input_size: int | None = rule(ge=1)  # null: the foundation model's own
     cache_dir: str | None = rule()
     batch_size_per_domain: int = rule(ge=1)
     sources: list[str] | None = rule(choices=MAGNIFICATIONS, min_length=1)
@@ -179,6 +182,41 @@ class ResNet18(Backbone):
     option: ClassVar[str] = "resnet18"
     _target_: str = rule(choices=("masf_lightning.models.backbones.resnet18",))
     weights: str | None = rule(choices=IMAGENET_WEIGHTS)
+
+
+def _trainable_ok(v: Any) -> bool:
+    return v in TRAINABLE or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+
+
+@dataclass
+class Card:
+    """A named foundation model's facts from its model card (conf/backbone/<model>.yaml); the builder checks the first
+    four against the model itself."""
+
+    embedding_dim: int = rule(ge=1)
+    input_size: int = rule(ge=1)
+    mean: list[float] = rule(length=3, ge=0, le=1)
+    std: list[float] = rule(length=3, gt=0, le=1)
+    magnifications: list[str] = rule(min_length=1)
+    licence: str = rule()
+    gated: bool = rule()
+    page: str = rule()
+
+
+@dataclass
+class Foundation(Backbone):
+    option: ClassVar[str] = "timm"
+    _target_: str = rule(choices=("masf_lightning.models.foundation.foundation",))
+    cache_size: int | None = rule(ge=1)  # null: the model's own (input size / crop_pct)
+    input_size: int | None = rule(ge=1)  # null: the model's own
+    name: str = rule()
+    library: str = rule(choices=FOUNDATION_LIBRARIES)
+    weights: str | None = rule(choices=("pretrained",))
+    trainable: int | str = rule(test=_trainable_ok, says="all, none (frozen: the offline feature mode) or a number k >= 1 of last blocks")
+    kwargs: dict = rule(says="a mapping of keyword arguments for the model's constructor")
+    pool: str = rule(choices=POOLS)
+    adapter_dim: int = rule(ge=1)
+    card: Card | None = rule()
 
 
 # -- method: one schema per algorithm; `needs_meta_split` as the class says -------------------------------
@@ -283,7 +321,7 @@ class TrainConfig:
     progress: bool = rule()
     gpu_pool: bool = rule()
     paths: Paths = rule()
-    backbone: Small | AlexNet | ResNet18 = rule()
+    backbone: Small | AlexNet | ResNet18 | Foundation = rule()
     hparams: HParams = rule()
     split: Split = rule()
     eval: Eval = rule()

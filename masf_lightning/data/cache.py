@@ -62,10 +62,14 @@ class Geometry:
     resize: the whole image resized to size×size (antialiased).
     center_crop (the paper's code): the central min(H, W) square (460×460 of a 700×460 image), then its central
     size×size; if size exceeds the square's side, the square is resized to size×size instead.
+    square: the central min(H, W) square resized to size×size: timm's evaluation view (shorter side resized to
+    size, centre crop), which the datamodule's centre crop of input_size then completes.
+    `interpolation` (bilinear or bicubic, antialiased): a pretrained model's own (its pretrained_cfg).
     """
 
-    mode: Literal["resize", "center_crop"] = "center_crop"
+    mode: Literal["resize", "center_crop", "square"] = "center_crop"
     size: int = 227
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         require_choice("data.geometry.mode", self.mode, GEOMETRIES)
@@ -78,7 +82,7 @@ class Geometry:
             return 0, 0, height, width
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
-        if self.size <= side:
+        if self.mode == "center_crop" and self.size <= side:
             return top + (side - self.size) // 2, left + (side - self.size) // 2, self.size, self.size
         return top, left, side, side
 
@@ -91,7 +95,10 @@ class Geometry:
         """Resize a region to size×size unless it already is."""
         if region.shape[-2:] == (self.size, self.size):
             return region
-        return TF.resize(region, [self.size, self.size], antialias=True)
+        mode = TF.InterpolationMode(self.interpolation)
+        if mode == TF.InterpolationMode.BICUBIC:  # bicubic overshoots: clamp back into uint8's range
+            return TF.resize(region.float(), [self.size, self.size], mode, antialias=True).round_().clamp_(0, 255).to(region.dtype)
+        return TF.resize(region, [self.size, self.size], mode, antialias=True)
 
 
 @dataclass
@@ -211,12 +218,14 @@ def cache_key(
             files.append([rel, (root / rel).stat().st_size])
         except FileNotFoundError:
             raise DataError(f"{root / rel}: image file not found") from None
-    payload = {
-        "format_version": CACHE_FORMAT_VERSION,
-        "files": files,
-        "stain": normalizer.fingerprint(),
-        "geometry": asdict(geometry),
-    }
+    shape = asdict(geometry)
+    if shape["interpolation"] == "bilinear":
+        del shape["interpolation"]  # the resize every cache had before the key existed: their keys stay valid
+    return digest({"format_version": CACHE_FORMAT_VERSION, "files": files, "stain": normalizer.fingerprint(), "geometry": shape})
+
+
+def digest(payload: Any) -> str:
+    """SHA-256 of a JSON payload, keys sorted: what a cache file is named and checked by."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -225,9 +234,10 @@ def _cache_file(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"{CACHE_PREFIX}{key[:16]}.pt"
 
 
-def _clean_stale_temps(cache_dir: Path) -> None:
+def clean_stale_temps(cache_dir: Path, prefix: str = CACHE_PREFIX) -> None:
+    """Remove temporary files of killed writes (`atomic_path`'s .tmp files) older than STALE_TEMP_SECONDS."""
     now = time.time()
-    for tmp in cache_dir.glob(f".{CACHE_PREFIX}*.tmp"):
+    for tmp in cache_dir.glob(f".{prefix}*.tmp"):
         try:
             if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
                 tmp.unlink()
@@ -298,7 +308,7 @@ def build_cache(
         return CachedImages(images=images, index=index, key=key, path=path)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temps(cache_dir)
+    clean_stale_temps(cache_dir)
     log.info(
         "building image cache %s (%d images, %s, %s)",
         path,

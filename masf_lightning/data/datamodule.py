@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from masf_lightning.data.augment import augment, center_crop
 from masf_lightning.data.breakhis import class_names, domain_name, index_breakhis, parse_domain
 from masf_lightning.data.cache import CachedImages, Geometry, build_cache
+from masf_lightning.data.features import FrozenEncoder
 from masf_lightning.data.manifest import check_split_covers, write_split_manifest
 from masf_lightning.data.splits import make_split
 from masf_lightning.errors import ConfigError, DataError
@@ -206,6 +207,7 @@ class BreakhisDataModule(pl.LightningDataModule):
         self.progress = progress
         self.channels_last = channels_last  # batches in NHWC, as the model's weights (trainer.channels_last)
         self.cached: CachedImages | None = None
+        self.frozen: FrozenEncoder | None = None  # feature mode (backbone.trainable=none): `use_encoder`
         self.index: pd.DataFrame | None = None
         self._images: dict[torch.device, torch.Tensor] = {}
 
@@ -222,6 +224,10 @@ class BreakhisDataModule(pl.LightningDataModule):
         if problem := target_stays_unseen(names, target):
             raise violation("data.sources", names, problem)
         return sorted(names, key=parse_domain)
+
+    def use_encoder(self, encoder: torch.nn.Module, encoder_id: str, what: str = "") -> None:
+        """Feature mode: batches are the frozen encoder's cached features of the evaluation view (no augmentation)."""
+        self.frozen = FrozenEncoder(encoder, encoder_id, what)
 
     def check_meta_split(self, method: str, needs_meta_split: bool) -> None:
         """One line, before training, instead of a crash inside the first episode."""
@@ -287,6 +293,8 @@ class BreakhisDataModule(pl.LightningDataModule):
         )
         self.index = index.reset_index(drop=True)
         self.labels = torch.tensor(self.index["label"].to_numpy(), dtype=torch.long)
+        if self.frozen is not None:
+            self.frozen.build(self.cached, self.to_input, self.cache_dir, self.eval_batch_size, self.progress)
 
     @staticmethod
     def _warn_missing_magnifications(index: pd.DataFrame, present: list[int]) -> None:
@@ -355,17 +363,22 @@ class BreakhisDataModule(pl.LightningDataModule):
         return self._images[device]
 
     def materialize(self, rows: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 cache rows → normalized float images; cropped/flipped/rotated by `aug` when given."""
+        """uint8 cache rows → normalized float images; cropped/flipped/rotated by `aug` when given (feature mode: the
+        rows' cached features, `aug` unused)."""
+        if self.frozen is not None:
+            return self.frozen.rows(rows).to(self.trainer.lightning_module.dtype if self.trainer is not None else torch.float32)
         images = self.images_on(rows.device)
         return self.to_input(images[rows.to(images.device)].to(rows.device), aug)
 
     def to_input(self, x: torch.Tensor, aug: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 N×3×S×S images as the cache holds them (new ones: `preprocess_images`) → the network's input."""
+        """uint8 N×3×S×S images as the cache holds them (new ones: `preprocess_images`) → the network's input (feature
+        mode: the frozen encoder's features of it)."""
         x = augment(x, self.input_size, aug) if aug is not None else center_crop(x, self.input_size)
         dtype = self.trainer.lightning_module.dtype if self.trainer is not None else torch.float32
         mean, std = self.mean.to(x.device, dtype), self.std.to(x.device, dtype)
         x = x.to(dtype, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        return x.sub_(mean).div_(std)  # in place: one float buffer per batch
+        x = x.sub_(mean).div_(std)  # in place: one float buffer per batch
+        return x if self.frozen is None else self.frozen.encode(x).to(dtype)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "domains" in batch:

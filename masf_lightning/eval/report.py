@@ -1,7 +1,7 @@
 """After training: evaluate the selected checkpoint on every magnification.
 
 `evaluate` only orchestrates; each metric is a pure function in its own module (metrics, patient,
-retrieval, invariance, calibration). Headline numbers are top-level scalars so collect.py can
+retrieval, invariance, robustness, calibration). Headline numbers are top-level scalars so collect.py can
 tabulate them; per-patient and per-bin detail sits beside them as dicts.
 """
 
@@ -21,6 +21,7 @@ from masf_lightning.eval.invariance import class_gap, magnification_predictabili
 from masf_lightning.eval.metrics import classification_metrics
 from masf_lightning.eval.patient import patient_metrics
 from masf_lightning.eval.retrieval import class_search, own_patient_search
+from masf_lightning.eval.robustness import magnification_robustness
 
 SPACES = ("features", "embeddings")  # F_ψ(x) and F_φ(F_ψ(x)); DeepAll has no F_φ
 MAP_KS = (5, 10)
@@ -83,13 +84,13 @@ def _embedding_metrics(sub: _Subsets, dm: BreakhisDataModule, ks: list[int]) -> 
     same_patient = sub.cat([(d, "test") for d in dm.sources])
     source_test = same_patient
     all_test = sub.cat([(d, "test") for d in dm.domains])
-    out: dict[str, Any] = {"class_gap_by_class": {}}
+    out: dict[str, Any] = {"class_gap_by_class": {}, "mag_robustness_detail": {}}
     for space in SPACES:
         if len(query[space]) == 0:  # the model has no such space
             out.update({f"knn{k}_{space}_acc": None for k in ks})
             out.update({f"map{k}_{space}": None for k in MAP_KS})
             out.update({f"own_patient_recall{k}_{space}": None for k in RECALL_KS})
-            out[f"mag_predictability_{space}"] = out[f"class_gap_{space}"] = None
+            out[f"mag_predictability_{space}"] = out[f"class_gap_{space}"] = out[f"mag_robustness_{space}"] = None
             continue
         found = class_search(query[space], query["labels"], query["patients"], archive[space], archive["labels"], archive["patients"], ks, MAP_KS)
         out.update({f"knn{k}_{space}_acc": v for k, v in found["vote"].items()})
@@ -98,6 +99,9 @@ def _embedding_metrics(sub: _Subsets, dm: BreakhisDataModule, ks: list[int]) -> 
         out.update({f"own_patient_recall{k}_{space}": v for k, v in own["recall"].items()})
         out["own_patient_n"] = own["n"]
         out[f"mag_predictability_{space}"] = magnification_predictability(all_test[space], all_test["magnification"], all_test["patients"])
+        robust = magnification_robustness(all_test[space], all_test["labels"], all_test["magnification"], all_test["patients"])
+        out[f"mag_robustness_{space}"] = robust.pop("index")
+        out["mag_robustness_detail"][space] = robust  # the k it was read at and the share of images it covers
         gap = class_gap(source_test[space], source_test["labels"], query[space], query["labels"])
         out[f"class_gap_{space}"] = gap["mean"]
         out["class_gap_by_class"][space] = {dm.class_names[c]: v for c, v in gap["per_class"].items()}

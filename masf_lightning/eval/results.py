@@ -136,17 +136,26 @@ def method_column(method: str, cfg: dict[str, Any] | None, hparams: dict[str, An
     return f"{method}_joint" if layout == "joint" else method
 
 
+def _backbone(builder: Any, cfg: dict[str, Any] | None) -> str | None:
+    """The builder's name (`_target_`'s last part); a foundation model's names the model and what trained too: UNI
+    frozen and a fine-tuned ViT are not one table."""
+    if builder is None:
+        return None
+    name, model = str(builder).rsplit(".", 1)[-1], _get(cfg, "backbone", "name")
+    return f"{name} {model} (trainable {_get(cfg, 'backbone', 'trainable')})" if name == "foundation" and model else name
+
+
 def _group(task: Any, protocol: Any, selection: Any, backbone: Any, steps: Any, data: str) -> Group | None:
     if None in (task, protocol, selection, backbone, steps):
         return None
     try:
-        return Group(str(task), str(protocol), str(selection), str(backbone).rsplit(".", 1)[-1], int(steps), data)
+        return Group(str(task), str(protocol), str(selection), str(backbone), int(steps), data)
     except (TypeError, ValueError):
         return None
 
 
 def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None) -> Run:
-    group = _group(m.get("task"), m.get("protocol"), m.get("selection"), m.get("backbone"), m.get("steps"), _data_name(cfg))
+    group = _group(m.get("task"), m.get("protocol"), m.get("selection"), _backbone(m.get("backbone"), cfg), m.get("steps"), _data_name(cfg))
     acc, seed = m.get("target_test_acc"), m.get("seed")
     draw = m.get("hparams_seed", _get(cfg, "hparams_seed"))
     return Run(
@@ -166,7 +175,8 @@ def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None)
 
 def _run_from_config(shown: str, cfg: dict[str, Any] | None, status: str) -> Run:
     """A run without usable metrics: identify it from its config so it is listed under the right table."""
-    group = _group(_get(cfg, "task"), _get(cfg, "split", "protocol"), _get(cfg, "selection"), _get(cfg, "backbone", "_target_"), _get(cfg, "steps"), _data_name(cfg))
+    group = _group(_get(cfg, "task"), _get(cfg, "split", "protocol"), _get(cfg, "selection"), _backbone(_get(cfg, "backbone", "_target_"), cfg),
+                   _get(cfg, "steps"), _data_name(cfg))  # fmt: skip
     seed, draw = _get(cfg, "seed"), _get(cfg, "hparams_seed")
     return Run(
         path=shown,

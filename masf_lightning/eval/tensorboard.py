@@ -40,7 +40,7 @@ HEADLINE = (
     "target_test_acc", "target_test_balanced_acc", "source_val_acc", "source_test_acc",
     "patient_recognition_rate", "patient_vote_acc", "target_test_ece",
     *(key.format(space) for space in ("features", "embeddings")
-      for key in ("knn1_{}_acc", "map10_{}", "own_patient_recall1_{}", "mag_predictability_{}", "class_gap_{}")),
+      for key in ("knn1_{}_acc", "map10_{}", "own_patient_recall1_{}", "mag_predictability_{}", "class_gap_{}", "mag_robustness_{}")),
 )  # fmt: skip
 
 

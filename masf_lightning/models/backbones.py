@@ -22,11 +22,29 @@ from masf_lightning.errors import ConfigError, DataError
 WEIGHTS_URL_ENV = "MASF_WEIGHTS_URL"
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a pretrained model was fed, from its own config (timm's pretrained_cfg): the centre `input_size` crop of
+    the image resized to `resize` (shorter side), normalized by mean/std."""
+
+    input_size: int
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+
 @dataclass
 class Backbone:
+    """F_ψ. `encoder` (frozen foundation models): a network outside F_ψ whose outputs F_ψ reads, computed once per
+    image into the feature cache (`encoder_id` keys it); `preprocessing`: the model's own input geometry and mean/std."""
+
     featurizer: nn.Module
     feature_dim: int
     name: str
+    encoder: nn.Module | None = None
+    encoder_id: str | None = None
+    preprocessing: Preprocessing | None = None
 
 
 def weights_url(arch: str, weights: str) -> str:
