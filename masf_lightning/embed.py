@@ -31,13 +31,12 @@ from masf_lightning.inference import (
     TrainedModel,
     add_arguments,
     cli,
-    gather_images,
     metadata,
-    open_run,
+    open_inputs,
     refuse_output,
     run_images,
 )  # fmt: skip
-from masf_lightning.io import atomic_path, check_writable_dir
+from masf_lightning.io import atomic_path
 
 FORMAT = 1
 SPACES = ("embeddings", "features")  # search's preference: F_φ's space (the one Eq. 8 shapes) when there is one
@@ -101,10 +100,8 @@ def read_embeddings(path: Path) -> tuple[dict[str, Any], pd.DataFrame, dict[str,
 
 
 def _main(args: argparse.Namespace) -> int:
-    check_writable_dir(args.out.absolute().parent, "--out")
-    model = open_run(args.run_dir, args.device, args.overrides)
-    skipped = Skipped()
-    table, vectors = embed(model, gather_images(args.inputs, skipped), skipped, args.batch_size)
+    model, images, skipped = open_inputs(args)
+    table, vectors = embed(model, images, skipped, args.batch_size)
     if (code := refuse_output(len(table), skipped, args.strict)) is not None:
         return code
     write_embeddings(args.out, table, vectors, model_info(model))

@@ -22,6 +22,7 @@ from masf_lightning.data.breakhis import parse_file_name
 from masf_lightning.data.cache import preprocess_images
 from masf_lightning.errors import DataError, MasfError
 from masf_lightning.eval.embeddings import outputs
+from masf_lightning.io import check_writable_dir
 from masf_lightning.runs import LoadedRun, load_run
 
 # What a folder is searched for (torchvision's decoders); a file named on the command line is tried whatever its name.
@@ -158,6 +159,13 @@ def add_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER", help=f"image files, or folders searched for {', '.join(IMAGE_SUFFIXES)}")
     parser.add_argument("--out", type=Path, required=True, help=out_help)
     add_run_options(parser)
+
+
+def open_inputs(args: argparse.Namespace) -> tuple[TrainedModel, list[Path], Skipped]:
+    """What `add_arguments` named, opened in the order that fails cheapest: --out's folder, the run, the images."""
+    check_writable_dir(args.out.absolute().parent, "--out")
+    skipped = Skipped()
+    return open_run(args.run_dir, args.device, args.overrides), gather_images(args.inputs, skipped), skipped
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -145,7 +145,7 @@ class LastCheckpoint(Checkpoint):
             return
         # every rank calls save_checkpoint (it synchronizes); only rank 0 writes, to its temporary file
         with atomic_path(self.path) if trainer.is_global_zero else contextlib.nullcontext(self.path) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=False)
+            trainer.save_checkpoint(tmp)  # the full state (optimizers too) for resume; read back with weights_only=True
         self.saved_step = trainer.global_step
 
 

@@ -23,12 +23,11 @@ from masf_lightning.inference import (
     TrainedModel,
     add_arguments,
     cli,
-    gather_images,
-    open_run,
+    open_inputs,
     refuse_output,
     run_images,
 )
-from masf_lightning.io import check_writable_dir, write_text_atomic
+from masf_lightning.io import write_text_atomic
 
 
 def predict(model: TrainedModel, paths: Sequence[Path], skipped: Skipped, batch_size: int = 64) -> tuple[pd.DataFrame, torch.Tensor]:
@@ -47,10 +46,8 @@ def predict(model: TrainedModel, paths: Sequence[Path], skipped: Skipped, batch_
 
 
 def _main(args: argparse.Namespace) -> int:
-    check_writable_dir(args.out.absolute().parent, "--out")
-    model = open_run(args.run_dir, args.device, args.overrides)
-    skipped = Skipped()
-    table, _ = predict(model, gather_images(args.inputs, skipped), skipped, args.batch_size)
+    model, images, skipped = open_inputs(args)
+    table, _ = predict(model, images, skipped, args.batch_size)
     if (code := refuse_output(len(table), skipped, args.strict)) is not None:
         return code
     write_text_atomic(args.out, table.to_csv(index=False))

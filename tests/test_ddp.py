@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from masf_lightning.checkpoints import load_checkpoint
 from tests.test_train_e2e import run_train, tiny_overrides
 
 
@@ -26,7 +27,7 @@ def first_update(tmp_path: Path, trainer: str) -> dict[str, torch.Tensor]:
         ]
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert state["global_step"] == 1
     return state["state_dict"]
 

@@ -206,7 +206,9 @@ def test_meta_learners_take_second_order_steps_through_a_fine_tuned_vit(online: 
 def test_a_transformers_model_loads_as_phikon_v2_does(online: dict, tmp_path: Path) -> None:
     """A tiny random DINOv2 in transformers' layout (Phikon-v2's): the class token of the last hidden state, the
     preprocessor config's crop/resize/mean/std; the last block trains with trainable=1."""
-    transformers = pytest.importorskip("transformers")  # an optional extra: pip install 'masf-lightning[foundation]'
+    transformers = pytest.importorskip(
+        "transformers", reason="Phikon-v2's loader needs the optional extra transformers (pip install -e '.[foundation]'); CI installs the core only"
+    )
     config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=16)
     net = transformers.Dinov2Model(config).eval()
     net.save_pretrained(tmp_path / "dino")

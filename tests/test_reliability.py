@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from masf_lightning.checkpoints import load_checkpoint
 from tests.test_train_e2e import ROOT, run_train, tiny_overrides
 
 VOLATILE = {"wall_time_s", "time_s", "resumed", "resumed_from_step"}  # clocks, and how the run got there
@@ -94,7 +95,7 @@ def test_last_ckpt_is_the_latest_step_when_validation_never_improves(tmp_path: P
     proc = run_train([*args, f"hydra.run.dir={run_dir}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     checkpoints = run_dir / "checkpoints"
-    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 40
+    assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == 40
     # selection unchanged: the first check stays the best; no temporary file left behind
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best-10.ckpt", "last.ckpt"]
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -147,7 +148,7 @@ def test_nan_loss_stops_with_step_term_and_domains(tmp_path: Path, monkeypatch: 
         run(cfg, run_dir, record_failure=record_failure)
     msg = str(err.value)
     assert "step 5" in msg and "gen=nan" in msg and "meta-test" in msg
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert state["global_step"] == 4, "the last good checkpoint must be kept, nothing saved after the fault"
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     if not record_failure:
