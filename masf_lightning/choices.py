@@ -1,11 +1,10 @@
 """Every closed set of values the configs choose from, written once and torch-free: the config check
 (config/schema.py) and the code that acts on a choice both import it from here."""
 
-TASKS = ("tumor_type", "malignancy")  # 8 tumour types (Table 1) or benign/malignant (Table 2)
-MAGNIFICATIONS = ("40x", "100x", "200x", "400x")  # BreaKHis's four, each a domain
+DATA_FORMATS = ("breakhis", "manifest", "folder")  # where the dataset table comes from (data/sources.py)
 # checkpoint selection → the validation metric it maximizes (algorithms/base.py logs them; `last`: none)
 SELECTIONS = {"source_val": "val/source_acc", "target_val": "val/target_acc", "last": None}
-PROTOCOLS = ("patient", "paper", "official_fold")  # split protocols (data/splits.py)
+PROTOCOLS = ("patient", "paper", "official_fold", "manifest_split")  # split protocols (data/splits.py)
 LAYOUTS = ("separate", "joint")  # MASF's optimizers: the public codes' three Adams, or Eq. 11 as written
 REDUCTIONS = ("mean", "sum")  # Eq. 9's inner gradient: of the batch mean, or of the sum (public code)
 CLASS_AVERAGES = ("present", "all")  # Eq. 6 over classes present in both domains, or all (MASF code)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from masf_lightning import choices
+from masf_lightning.data.table import DatasetTable
 from masf_lightning.errors import ConfigError, DataError, MasfError
 
 # Class ids 0..7 follow this order, the order of the paper's public code (Tumor_type_classification/main.py).
@@ -44,10 +44,12 @@ SUBTYPE_FOLDERS: dict[str, str] = {
     "MC": "mucinous_carcinoma",
     "PC": "papillary_carcinoma",
 }
-MAGNIFICATIONS: tuple[int, ...] = tuple(int(m.removesuffix("x")) for m in choices.MAGNIFICATIONS)  # 40, 100, 200, 400
+MAGNIFICATIONS: tuple[int, ...] = (40, 100, 200, 400)
+DOMAINS: tuple[str, ...] = tuple(f"{m}x" for m in MAGNIFICATIONS)  # each magnification a domain, named as in configs
 MALIGNANCY: tuple[str, ...] = ("benign", "malignant")
-TASKS: tuple[str, ...] = choices.TASKS
-INDEX_COLUMNS: tuple[str, ...] = ("path", "malignancy", "tumor_type", "patient", "magnification", "seq")
+TASKS: tuple[str, ...] = ("tumor_type", "malignancy")  # 8 tumour types (Table 1) or benign/malignant (Table 2)
+CLASS_ORDERS: dict[str, tuple[str, ...]] = {"tumor_type": TUMOR_TYPES, "malignancy": MALIGNANCY}
+INDEX_COLUMNS: tuple[str, ...] = ("path", "domain", "malignancy", "tumor_type", "patient", "magnification", "seq")
 
 OFFICIAL_TOTAL = 7909
 OFFICIAL_PER_MAGNIFICATION: dict[int, int] = {40: 1995, 100: 2081, 200: 2013, 400: 1820}
@@ -101,22 +103,6 @@ def parse_domain(name: str | int) -> int:
         return int(digits)
     valid = ", ".join(f"{m}x" for m in MAGNIFICATIONS)
     raise ConfigError(f"domain {name!r} is not a BreaKHis magnification; use one of {valid}")
-
-
-def _check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ConfigError(f"task {task!r} is unknown; use one of {', '.join(TASKS)}")
-    return task
-
-
-def label_column(task: str) -> str:
-    """Index column holding the label for `task` (tumor_type: 8 classes, Table 1; malignancy: 2, Table 2)."""
-    return _check_task(task)
-
-
-def class_names(task: str) -> tuple[str, ...]:
-    """Class names in class-id order for `task`."""
-    return TUMOR_TYPES if _check_task(task) == "tumor_type" else MALIGNANCY
 
 
 def _is_breast_dir(path: Path) -> bool:
@@ -248,6 +234,7 @@ def index_breakhis(
     index = pd.DataFrame(
         {
             "path": pd.Series(path, dtype=str),
+            "domain": pd.Series([f"{m}x" for m in mag], dtype=str),
             "malignancy": pd.Series(malig, dtype=str),
             "tumor_type": pd.Series(ttype, dtype=str),
             "patient": pd.Series(patient, dtype=str),
@@ -258,6 +245,16 @@ def index_breakhis(
     if verbose:
         print(summarize_index(index))
     return index
+
+
+def breakhis_table(root: str | os.PathLike[str], *, on_error: str = "raise") -> DatasetTable:
+    """BreaKHis (or the synthetic copy) as the dataset table: domain `<mag>x`, labels tumor_type and malignancy (the
+    public code's class order), a patient split stratified by tumour type whichever the task; `magnification`
+    and `seq` carried as extra columns (the official folds read them)."""
+    index = index_breakhis(root, on_error=on_error)
+    present = set(index["domain"].tolist())
+    domains = tuple(d for d in DOMAINS if d in present)
+    return DatasetTable(index, Path(root), domains, f"BreaKHis at {root}", CLASS_ORDERS, stratify="tumor_type")
 
 
 def _patient_folders(index: pd.DataFrame) -> int:

@@ -9,7 +9,6 @@ materialized, augmented and normalized after transfer, on the device that trains
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from masf_lightning.data.augment import augment, center_crop
-from masf_lightning.data.breakhis import class_names, domain_name, index_breakhis, parse_domain
 from masf_lightning.data.cache import CachedImages, Geometry, build_cache
 from masf_lightning.data.features import FrozenEncoder
 from masf_lightning.data.manifest import check_split_covers, write_split_manifest
+from masf_lightning.data.sources import open_table
 from masf_lightning.data.splits import make_split
+from masf_lightning.data.table import DatasetTable, warn_missing_domains
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.relations import (
     batch_shards_evenly,
@@ -138,16 +138,17 @@ class _Rows(Dataset):
         return self.rows[i]
 
 
-class BreakhisDataModule(pl.LightningDataModule):
-    """BreaKHis (real or synthetic) as four magnification domains: one target, three sources.
+class MagnificationDataModule(pl.LightningDataModule):
+    """A dataset table's domains (magnifications) as one target and the sources: BreaKHis, synthetic, or a user's own.
 
-    `sources` narrows training to some magnifications (the transfer map trains on one); the others
-    are unseen, `target` the one the headline metrics are about. Evaluation covers all of them.
+    `sources` narrows training to some domains (the transfer map trains on one); the others are unseen,
+    `target` the one the headline metrics are about. Evaluation covers all of them. The table comes from
+    `data/sources.py` (`format`: breakhis, manifest or folder); the task is one of its label columns.
     """
 
     def __init__(
         self,
-        root: str | None,
+        root: str | None = None,
         task: str = "tumor_type",
         target: str = "400x",
         sources: Sequence[str] | None = None,
@@ -170,19 +171,26 @@ class BreakhisDataModule(pl.LightningDataModule):
         output_dir: str | None = None,
         progress: bool = True,
         channels_last: bool = False,
+        format: str = "breakhis",
+        manifest: str | None = None,
+        domains: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+        patient_regex: str | None = None,
     ):
         super().__init__()
-        if root in (None, "", "???"):
-            raise ConfigError("data.root is not set: pass data.root=DIR (the folder holding BreaKHis_v1)")
-        self.root = Path(root)
+        self.source = {"format": format, "root": root, "manifest": manifest, "domains": domains, "patient_regex": patient_regex,
+                       "on_bad_file": on_bad_file, "synthetic": dict(synthetic) if synthetic else None}  # fmt: skip
+        if format != "manifest" and root in (None, "", "???"):
+            raise ConfigError(f"data.root is not set: pass data.root=DIR ({'DIR/<domain>/<class>/<image>' if format == 'folder' else 'the folder holding BreaKHis_v1'})")
+        self.root = Path(str(manifest)).parent if format == "manifest" else Path(str(root))  # the table's root, once opened
         self.task = task
-        self.class_names = class_names(task)
-        self.label_column = "tumor_type" if task == "tumor_type" else "malignancy"
-        try:
-            self.target = domain_name(parse_domain(target))
-        except ConfigError:
-            raise ConfigError(f"target={target} is not a BreaKHis magnification; use one of 40x, 100x, 200x, 400x") from None
-        self.requested_sources = self._parse_sources(sources, self.target)
+        self.given_classes = tuple(classes) if classes else None
+        self.target = str(target)
+        self.requested_sources = [str(s) for s in sources] if sources is not None else None
+        if isinstance(sources, str) or (sources is not None and not sources):
+            raise ConfigError(f"data.sources={sources!r} must be a non-empty list of domains, e.g. data.sources=[40x,100x]")
+        if self.requested_sources and (problem := target_stays_unseen(self.requested_sources, self.target)):
+            raise violation("data.sources", self.requested_sources, problem)
         self.stain = stain
         geometry = dict(geometry or {"mode": "resize", "size": input_size})
         self.geometry = Geometry(**geometry)
@@ -191,7 +199,6 @@ class BreakhisDataModule(pl.LightningDataModule):
         self.input_size = input_size
         self.split_cfg = dict(split or {"protocol": "patient", "seed": 0})
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".masf_cache"
-        self.synthetic = dict(synthetic) if synthetic else None
         self.batch_size = batch_size_per_domain
         self.meta_test_count = meta_test_domains
         self.class_balanced = class_balanced
@@ -209,21 +216,8 @@ class BreakhisDataModule(pl.LightningDataModule):
         self.cached: CachedImages | None = None
         self.frozen: FrozenEncoder | None = None  # feature mode (backbone.trainable=none): `use_encoder`
         self.index: pd.DataFrame | None = None
+        self.table: DatasetTable | None = None
         self._images: dict[torch.device, torch.Tensor] = {}
-
-    @staticmethod
-    def _parse_sources(sources: Sequence[str] | str | None, target: str) -> list[str] | None:
-        if sources is None:
-            return None
-        if isinstance(sources, str) or not sources:
-            raise ConfigError(f"data.sources={sources!r} must be a non-empty list of magnifications, e.g. data.sources=[40x,100x]")
-        try:
-            names = [domain_name(parse_domain(str(s))) for s in sources]
-        except ConfigError:
-            raise ConfigError(f"data.sources={list(sources)} holds a value that is not a BreaKHis magnification (40x, 100x, 200x, 400x)") from None
-        if problem := target_stays_unseen(names, target):
-            raise violation("data.sources", names, problem)
-        return sorted(names, key=parse_domain)
 
     def use_encoder(self, encoder: torch.nn.Module, encoder_id: str, what: str = "") -> None:
         """Feature mode: batches are the frozen encoder's cached features of the evaluation view (no augmentation)."""
@@ -239,12 +233,25 @@ class BreakhisDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def prepare_data(self) -> None:
-        """Generate the synthetic data if asked, index, split and build the cache (rank 0 only)."""
-        if self.synthetic is not None:
-            from masf_lightning.data.synthetic import generate_synthetic_breakhis
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The task's classes in class-id order (data.classes, the data's own order, or sorted)."""
+        return self.open().classes(self.task, self.given_classes)
 
-            generate_synthetic_breakhis(self.root, progress=self.progress, **self.synthetic)
+    @property
+    def domains(self) -> list[str]:
+        """Every domain of the table, coarse to fine where µm/px says so (data.domains otherwise)."""
+        return list(self.open().domains)
+
+    def open(self) -> DatasetTable:
+        """The dataset table, read once (the synthetic data generated first if absent)."""
+        if self.table is None:
+            self.table = open_table(**self.source, progress=self.progress)
+            self.root = self.table.root
+        return self.table
+
+    def prepare_data(self) -> None:
+        """Open the table (generating the synthetic data if asked), split it and build the cache (rank 0 only)."""
         self._load()
 
     def setup(self, stage: str | None = None) -> None:
@@ -254,60 +261,52 @@ class BreakhisDataModule(pl.LightningDataModule):
     def _load(self) -> None:
         if self.cached is not None:
             return
-        index = index_breakhis(self.root, on_error=self.on_bad_file)
-        present = sorted(index["magnification"].unique().tolist())
-        if parse_domain(self.target) not in present:
-            raise ConfigError(
-                f"target={self.target} has no images under {self.root} (magnifications present: "
-                f"{', '.join(domain_name(m) for m in present)})"
-            )
-        if len(present) < 3:
-            raise DataError(f"{self.root} holds {len(present)} magnification(s); leave-one-out needs at least 3")
-        self._warn_missing_magnifications(index, present)
+        table = self.open()
+        index = table.frame
+        if self.target not in self.domains:
+            raise ConfigError(f"target={self.target}: not a domain of {table.name} (domains: {', '.join(self.domains)})")
+        missing = [d for d in self.requested_sources or () if d not in self.domains]
+        if missing:
+            raise ConfigError(f"data.sources={self.requested_sources}: {', '.join(missing)} is not a domain of {table.name} (domains: {', '.join(self.domains)})")
+        if len(self.domains) < 2:
+            raise DataError(f"{table.name} holds {len(self.domains)} domain(s); training on some and testing on another needs at least 2")
+        keep = index[self.task].notna().to_numpy() & index[self.task].astype(str).isin(self.class_names).to_numpy()
+        index = index[keep].reset_index(drop=True)  # data.classes may leave some classes out
+        index[self.task] = index[self.task].astype(str)
+        self.sources = [d for d in self.domains if d in self.requested_sources] if self.requested_sources else [d for d in self.domains if d != self.target]
+        table.check_task(self.task, self.class_names, self.sources, self.target)
+        warn_missing_domains(index, self.domains)
         cfg = self.split_cfg
+        stratify = table.stratify or self.task
         split = make_split(
             index,
             cfg.get("protocol", "patient"),
             int(cfg.get("seed", 0)),
             fractions=tuple(cfg.get("fractions", (0.6, 0.1, 0.3))),
             fold_file=cfg.get("fold_file"),
+            stratify=stratify,
+            order=table.classes(stratify) if stratify != self.task else self.class_names,
+            allow_leak=bool(cfg.get("allow_leak", False)),
         )
         keep = (split != "unused").to_numpy()  # official_fold: images its file does not list
         index, split = index[keep].reset_index(drop=True), split[keep].reset_index(drop=True)
-        index = index.assign(split=split.values, domain=[domain_name(m) for m in index["magnification"]])
-        index["label"] = index[self.label_column].map({c: i for i, c in enumerate(self.class_names)}).astype("int64")
-        self.domains = [domain_name(m) for m in present]
-        missing = [d for d in self.requested_sources or () if d not in self.domains]
-        if missing:
-            raise ConfigError(f"data.sources={self.requested_sources}: {', '.join(missing)} has no images under {self.root}")
-        self.sources = self.requested_sources or [d for d in self.domains if d != self.target]
+        index = index.assign(split=split.values)
+        index["class_id"] = index[self.task].map({c: i for i, c in enumerate(self.class_names)}).astype("int64")
         # Training needs every class in every source, the paper's metric every class in the target test;
         # a class missing from some validation subset only makes that accuracy coarser.
         check_split_covers(
-            index, split, self.label_column, {"train": self.sources, "test": [self.target]}
+            index, split, self.task, {"train": self.sources, "test": [self.target]}, classes=self.class_names
         )
         if self.output_dir is not None:
-            write_split_manifest(index, split, self.output_dir / "split_manifest.csv")
+            labels = [c for c in (self.task, stratify, *table.label_columns) if c in index.columns]
+            write_split_manifest(index, split, self.output_dir / "split_manifest.csv", labels=labels)
         self.cached = build_cache(
             self.root, index, self.stain, self.geometry, self.cache_dir, num_workers=self.num_workers, progress=self.progress
         )
         self.index = index.reset_index(drop=True)
-        self.labels = torch.tensor(self.index["label"].to_numpy(), dtype=torch.long)
+        self.labels = torch.tensor(self.index["class_id"].to_numpy(), dtype=torch.long)
         if self.frozen is not None:
             self.frozen.build(self.cached, self.to_input, self.cache_dir, self.eval_batch_size, self.progress)
-
-    @staticmethod
-    def _warn_missing_magnifications(index: pd.DataFrame, present: list[int]) -> None:
-        """BreaKHis patients normally have all four magnifications; say so when some do not (allowed)."""
-        have = index.groupby("patient")["magnification"].agg(lambda m: set(m.tolist()))
-        lacking = {p: sorted(set(present) - mags) for p, mags in have.items() if set(present) - mags}
-        if lacking:
-            first = ", ".join(f"{p} (no {'/'.join(domain_name(m) for m in ms)})" for p, ms in list(lacking.items())[:3])
-            print(
-                f"warning: {len(lacking)} patient(s) lack some magnification: {first}{' …' if len(lacking) > 3 else ''}; "
-                "they take part only where they have images",
-                file=sys.stderr,
-            )
 
     def rows(self, domain: str, split: str) -> torch.Tensor:
         """Cache rows of one (magnification, split) subset."""
@@ -389,8 +388,10 @@ class BreakhisDataModule(pl.LightningDataModule):
 
     def describe(self) -> str:
         assert self.index is not None
-        t = self.index.groupby(["domain", "split"]).size().unstack(fill_value=0)
-        t = t.sort_index(key=lambda names: names.map(parse_domain))  # 40x before 100x, not after 400x
+        t = self.index.groupby(["domain", "split"]).size().unstack(fill_value=0).reindex(self.domains, fill_value=0)
         return f"task={self.task} target={self.target} sources={','.join(self.sources)}\n{t.to_string()}"
 
 
+
+
+BreakhisDataModule = MagnificationDataModule  # the `_target_` of runs written before datasets were tables

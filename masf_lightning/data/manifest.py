@@ -12,52 +12,51 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from masf_lightning.data.breakhis import TUMOR_TYPES, domain_name, parse_domain
 from masf_lightning.data.splits import SPLITS, UNUSED, _aligned, _as_split_series, _require_columns
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.io import atomic_path
 
-MANIFEST_COLUMNS: tuple[str, ...] = ("path", "patient", "tumor_type", "magnification", "split")
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "domain", "patient", "split")  # and the run's label column(s)
 
 
 def check_split_covers(
     index: pd.DataFrame,
     split: pd.Series,
     label_column: str,
-    domains: Mapping[str, Iterable[int | str]] | Iterable[int | str],
+    domains: Mapping[str, Iterable[str]] | Iterable[str],
     classes: Sequence[str] | None = None,
 ) -> None:
     """Raise DataError if some class has no images in a needed (domain, split).
 
     `domains` maps a split name to the domains that need every class there, e.g.
-    {"train": [40, 100, 200], "val": [40, 100, 200], "test": [400]}; a plain list of domains means
-    train, val and test for each. `classes` defaults to the classes present in the index.
+    {"train": ["5x", "10x"], "test": ["20x"]}; a plain list of domains means
+    train, val and test for each. `classes` defaults to the classes present in the index, sorted.
     """
     if label_column not in index.columns:
-        raise ConfigError(f"label column {label_column!r} is not in the index; use tumor_type or malignancy")
-    _require_columns(index, ("magnification",))
+        raise ConfigError(f"label column {label_column!r} is not in the index")
+    _require_columns(index, ("domain",))
     split = _aligned(index, split)
-    needed: dict[str, list[int]]
+    needed: dict[str, list[str]]
     if isinstance(domains, Mapping):
         for s in domains:
             if s not in SPLITS:
                 raise ConfigError(
                     f"split {s!r} in the coverage check is unknown; use one of {', '.join(SPLITS)}"
                 )
-        needed = {s: [parse_domain(d) for d in ds] for s, ds in domains.items()}
+        needed = {s: [str(d) for d in ds] for s, ds in domains.items()}
     else:
-        doms = [parse_domain(d) for d in domains]
+        doms = [str(d) for d in domains]
         needed = {s: doms for s in SPLITS}
+    present = set(index["domain"].tolist())
+    if unknown := sorted({d for ds in needed.values() for d in ds} - present):
+        raise ConfigError(f"domain {', '.join(unknown)} in the coverage check is not in the index (domains: {', '.join(sorted(present))})")
     if classes is None:
-        present = set(index[label_column].unique().tolist())
-        canonical = [c for c in (*TUMOR_TYPES, "benign", "malignant") if c in present]
-        classes = canonical + sorted(present - set(canonical))
+        classes = sorted(set(index[label_column].unique().tolist()))
     have = set(
         zip(
-            index["magnification"].to_numpy().tolist(),
+            index["domain"].to_numpy().tolist(),
             split.to_numpy().tolist(),
             index[label_column].to_numpy().tolist(),
             strict=True,
@@ -66,7 +65,7 @@ def check_split_covers(
     gaps: dict[str, list[str]] = {}
     for c in classes:
         for s, doms in needed.items():
-            missing = [domain_name(d) for d in doms if (d, s, c) not in have]
+            missing = [d for d in doms if (d, s, c) not in have]
             if missing:
                 plural = "s" if len(missing) > 1 else ""
                 gaps.setdefault(c, []).append(f"domain{plural} {', '.join(missing)}, split {s!r}")
@@ -77,7 +76,7 @@ def check_split_covers(
         ]
         raise DataError(
             f"split leaves {'; '.join(problems)}; a patient-disjoint split needs at least 2 patients of a class, "
-            "with images at every magnification, to put one in train and one in test: add patients, "
+            "with images in every domain, to put one in train and one in test: add patients, "
             "change split.seed/fractions, or use split.protocol=paper"
         )
 
@@ -91,18 +90,21 @@ def _placement(index: pd.DataFrame, split: pd.Series, label_column: str, cls: st
     per_split = sides.drop_duplicates().groupby("split")["patient"].size()
     where = ", ".join(f"{int(per_split[s])} in {s}" for s in (*SPLITS, UNUSED) if s in per_split)
     n = sides["patient"].nunique()
-    # 14-13412 is filed under DC and LC and goes wherever its majority type sends it: say so
+    # a patient under two classes (BreaKHis 14-13412: DC and LC) goes wherever its majority class sends it: say so
     labels = index.loc[index["patient"].isin(sides["patient"].unique()), [label_column, "patient"]]
     others = labels[labels[label_column] != cls].groupby("patient")[label_column].unique()
     also = "".join(f"; {p} is also filed under {', '.join(sorted(v))}" for p, v in others.items())
     return f" ({n} patient{'s' if n != 1 else ''}: {where}{also})"
 
 
-def write_split_manifest(index: pd.DataFrame, split: pd.Series, path: str | os.PathLike[str]) -> None:
-    """Atomically write the split as CSV (path, patient, tumor_type, magnification, split) for auditing and reuse."""
-    _require_columns(index, MANIFEST_COLUMNS[:-1])
+def write_split_manifest(
+    index: pd.DataFrame, split: pd.Series, path: str | os.PathLike[str], labels: Sequence[str] = ()
+) -> None:
+    """Atomically write the split as CSV (path, domain, patient, the label columns, split) for auditing and reuse."""
+    columns = [*MANIFEST_COLUMNS[:-1], *dict.fromkeys(c for c in labels if c not in MANIFEST_COLUMNS)]
+    _require_columns(index, columns)
     split = _aligned(index, split)
-    table = index.loc[:, list(MANIFEST_COLUMNS[:-1])].copy()
+    table = index.loc[:, columns].copy()
     table["split"] = split.to_numpy()
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
@@ -113,13 +115,15 @@ def read_split_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split manifest {str(path)!r} does not exist; write it with write_split_manifest")
-    dtypes = {"path": str, "patient": str, "tumor_type": str, "split": str}
+    dtypes = {"path": str, "domain": str, "patient": str, "split": str}
     try:
         table = pd.read_csv(path, dtype=dtypes, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(
             f"split manifest {path} is not a readable CSV ({exc}); delete it to rebuild the split"
         ) from None
+    if "domain" not in table.columns and "magnification" in table.columns:  # written before domains had names
+        table.insert(1, "domain", [f"{m}x" for m in table["magnification"]])
     missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"split manifest {path} lacks column(s) {missing}; delete it to rebuild the split")
@@ -128,13 +132,7 @@ def read_split_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataError(
             f"split manifest {path} has unknown split {table['split'][bad].iloc[0]!r}; use train/val/test/unused"
         )
-    try:
-        table["magnification"] = table["magnification"].astype(np.int64)
-    except (ValueError, TypeError):
-        raise DataError(
-            f"split manifest {path} has a non-integer magnification; delete it to rebuild the split"
-        ) from None
-    return table.loc[:, list(MANIFEST_COLUMNS)]
+    return table
 
 
 def split_from_manifest(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.Series:

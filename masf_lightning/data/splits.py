@@ -1,19 +1,23 @@
-"""Train/val/test splits as decisions on the index table; `manifest.py` saves them beside the results.
+"""Train/val/test splits as decisions on the dataset table (`table.py`); `manifest.py` saves them beside the results.
 
 Protocols:
 - ``paper``: the paper's public code (DataframeSplitter.split, bghojogh/Histopathology-Magnification-
-  Generalization): per magnification, image-level random split, 45 % test, 45 % train, 10 % val.
+  Generalization): per domain, image-level random split, 45 % test, 45 % train, 10 % val.
   Images of one patient land on both sides, so its scores are optimistic; kept to reproduce Tables 1-2.
-- ``patient`` (default): our stricter choice: patient-disjoint across all magnifications, stratified
-  by tumour type; fractions are of patients within each type.
+- ``patient`` (default): our stricter choice: patient-disjoint across all domains, stratified by class
+  (BreaKHis: by tumour type, whichever the task); fractions are of patients within each class.
 - ``official_fold``: the BreaKHis ``dsfold<k>.txt`` train/test (Spanhol et al., 2016), val carved
-  from the train patients. Index images the file does not list are marked ``"unused"``.
+  from the train patients. Index images the file does not list are marked ``"unused"``. BreaKHis only.
+- ``manifest_split``: the table's own ``split`` column (train/val/test), checked for patient leaks unless
+  ``split.allow_leak=true``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from masf_lightning.choices import PROTOCOLS
-from masf_lightning.data.breakhis import TUMOR_TYPES
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.relations import (
     DEFAULT_FRACTIONS,
@@ -41,7 +44,7 @@ def _require_columns(index: pd.DataFrame, columns: Iterable[str]) -> None:
     missing = [c for c in columns if c not in index.columns]
     if missing:
         raise DataError(
-            f"index lacks column(s) {missing}; build it with masf_lightning.data.breakhis.index_breakhis"
+            f"index lacks column(s) {missing}; build it with masf_lightning.data.sources.open_table"
         )
 
 
@@ -79,17 +82,17 @@ def _allocate(n: int, fractions: Sequence[float], minimum: Sequence[int]) -> lis
     return counts
 
 
-def _patient_types(index: pd.DataFrame) -> pd.Series:
-    """One tumour type per patient: the majority by image count, ties to the earlier type in TUMOR_TYPES.
+def _patient_types(index: pd.DataFrame, stratify: str, order: Sequence[str]) -> pd.Series:
+    """One class per patient: the majority by image count, ties to the earlier class in `order`.
 
-    Needed because patient 14-13412 appears under both DC and LC with the same images (tie -> DC);
+    Needed because BreaKHis patient 14-13412 appears under both DC and LC with the same images (tie -> DC);
     it must stay one group so its copies never sit on two sides of a split.
     """
-    rank = {t: i for i, t in enumerate(TUMOR_TYPES)}
-    counts = index.groupby(["patient", "tumor_type"]).size().reset_index(name="n")
-    counts["rank"] = counts["tumor_type"].map(lambda t: rank.get(t, len(rank)))
+    rank = {t: i for i, t in enumerate(order)}
+    counts = index.groupby(["patient", stratify]).size().reset_index(name="n")
+    counts["rank"] = counts[stratify].map(lambda t: rank.get(t, len(rank)))
     counts = counts.sort_values(["patient", "n", "rank"], ascending=[True, False, True], kind="stable")
-    return counts.drop_duplicates("patient").set_index("patient")["tumor_type"]
+    return counts.drop_duplicates("patient").set_index("patient")[stratify]
 
 
 def _stratified_patient_assignment(
@@ -98,17 +101,18 @@ def _stratified_patient_assignment(
     seed: int,
     names: Sequence[str],
     min_patients: Sequence[int],
+    order: Sequence[str],
 ) -> dict[str, str]:
-    """Assign patients to `names` within each type; a bucket with a non-zero fraction gets at least
-    one patient of a type once that type has `min_patients[i]` patients (our coverage rule)."""
-    rank = {t: i for i, t in enumerate(TUMOR_TYPES)}
+    """Assign patients to `names` within each class; a bucket with a non-zero fraction gets at least
+    one patient of a class once that class has `min_patients[i]` patients (our coverage rule)."""
+    rank = {t: i for i, t in enumerate(order)}
     out: dict[str, str] = {}
     for ttype, group in patient_type.groupby(patient_type, sort=True):
         patients = np.array(sorted(group.index))
         n = len(patients)
         minimum = [1 if f > 0 and n >= k else 0 for f, k in zip(fractions, min_patients, strict=True)]
         counts = _allocate(n, fractions, minimum)
-        # One generator per type, so adding a patient of one type leaves the others' assignment alone.
+        # One generator per class, so adding a patient of one class leaves the others' assignment alone.
         rng = np.random.default_rng([seed, rank.get(str(ttype), len(rank))])
         shuffled = patients[rng.permutation(n)]
         start = 0
@@ -126,39 +130,47 @@ def _check_placed(
     names: Sequence[str],
     min_patients: Sequence[int],
     protocol: str,
+    order: Sequence[str],
 ) -> None:
-    """Refuse an assignment that gives a split with a non-zero fraction no patient at all, saying per tumour
-    type how many patients it has and where they went (a type fills bucket i only from min_patients[i] on)."""
+    """Refuse an assignment that gives a split with a non-zero fraction no patient at all, saying per class
+    how many patients it has and where they went (a class fills bucket i only from min_patients[i] on)."""
     placed = set(assignment.values())
     for name, fraction, need in zip(names, fractions, min_patients, strict=True):
         if fraction == 0 or name in placed:
             continue
         per_type = []
-        for ttype in sorted(set(patient_type), key=lambda t: (TUMOR_TYPES + (t,)).index(t)):
+        for ttype in sorted(set(patient_type), key=lambda t: (tuple(order) + (t,)).index(t)):
             sides = pd.Series([assignment[p] for p in patient_type.index[patient_type == ttype]]).value_counts()
             where = ", ".join(f"{int(sides[n])} {n}" for n in names if n in sides)
             per_type.append(f"{ttype} {int(sides.sum())} ({where})")
         raise DataError(
-            f"split.protocol={protocol} could not place any patient in {name!r} (fraction {fraction:g}): a tumour "
-            f"type gives {name} a patient only from {need} patients on; patients per type: {', '.join(per_type)}; "
+            f"split.protocol={protocol} could not place any patient in {name!r} (fraction {fraction:g}): a class "
+            f"gives {name} a patient only from {need} patients on; patients per class: {', '.join(per_type)}; "
             "add patients, or use split.protocol=paper"
         )
 
 
+def domain_seed(domain: str) -> int:
+    """A domain's share of a split seed: the magnification in its name (40x → 40, as every run before domains had
+    names), else a CRC of the name; either way the same in every process."""
+    m = re.fullmatch(r"(\d+)[xX]", str(domain))
+    return int(m.group(1)) if m else zlib.crc32(str(domain).encode())
+
+
 def _split_paper(index: pd.DataFrame, seed: int) -> pd.Series:
-    """Per magnification: shuffle, first int(.45 n) -> test, up to int(.9 n) -> train, rest -> val (public code)."""
-    _require_columns(index, ("path", "magnification"))
+    """Per domain: shuffle, first int(.45 n) -> test, up to int(.9 n) -> train, rest -> val (public code)."""
+    _require_columns(index, ("path", "domain"))
     values = np.empty(len(index), dtype=object)
-    mags = index["magnification"].to_numpy()
+    domains = index["domain"].to_numpy()
     paths = index["path"].to_numpy()
     train_f, _, test_f = PAPER_FRACTIONS
-    for mag in sorted(set(mags.tolist())):
-        pos = np.flatnonzero(mags == mag)
+    for domain in sorted(set(domains.tolist())):
+        pos = np.flatnonzero(domains == domain)
         # Order by path first, so the input row order does not change the split.
         pos = pos[np.argsort(paths[pos], kind="stable")]
         n = len(pos)
-        # Public code shuffles unseeded (DataFrame.sample); we seed per magnification for reproducibility.
-        pos = pos[np.random.default_rng([seed, int(mag)]).permutation(n)]
+        # Public code shuffles unseeded (DataFrame.sample); we seed per domain for reproducibility.
+        pos = pos[np.random.default_rng([seed, domain_seed(domain)]).permutation(n)]
         n_test, n_test_train = int(test_f * n), int((test_f + train_f) * n)
         values[pos[:n_test]] = "test"
         values[pos[n_test:n_test_train]] = "train"
@@ -166,13 +178,15 @@ def _split_paper(index: pd.DataFrame, seed: int) -> pd.Series:
     return _as_split_series(values, index)
 
 
-def _split_patient(index: pd.DataFrame, seed: int, fractions: tuple[float, float, float]) -> pd.Series:
-    """Patient-disjoint across all magnifications, stratified by each patient's (majority) tumour type."""
-    _require_columns(index, ("patient", "tumor_type"))
-    # Train from 1 patient, test from 2, val from 3: every type with >= 2 patients is trained and tested.
-    patient_type = _patient_types(index)
-    assignment = _stratified_patient_assignment(patient_type, fractions, seed, SPLITS, (1, 3, 2))
-    _check_placed(patient_type, assignment, fractions, SPLITS, (1, 3, 2), "patient")
+def _split_patient(
+    index: pd.DataFrame, seed: int, fractions: tuple[float, float, float], stratify: str, order: Sequence[str]
+) -> pd.Series:
+    """Patient-disjoint across all domains, stratified by each patient's (majority) class of `stratify`."""
+    _require_columns(index, ("patient", stratify))
+    # Train from 1 patient, test from 2, val from 3: every class with >= 2 patients is trained and tested.
+    patient_type = _patient_types(index, stratify, order)
+    assignment = _stratified_patient_assignment(patient_type, fractions, seed, SPLITS, (1, 3, 2), order)
+    _check_placed(patient_type, assignment, fractions, SPLITS, (1, 3, 2), "patient", order)
     return _as_split_series(index["patient"].map(assignment).to_numpy(dtype=object), index)
 
 
@@ -215,10 +229,13 @@ def _split_official_fold(
     seed: int,
     fractions: tuple[float, float, float],
     fold_file: str | os.PathLike[str] | None,
+    order: Sequence[str],
 ) -> pd.Series:
     """Train/test from the fold file (make_split checked there is one); val = about fractions[1] of train patients
     per type (our choice)."""
     assert fold_file is not None
+    if not {"tumor_type", "magnification"} <= set(index.columns):
+        raise ConfigError("split.protocol=official_fold: the BreaKHis folds need a BreaKHis table (data=breakhis or synthetic)")
     _require_columns(index, ("path", "patient", "tumor_type", "magnification"))
     table = read_fold_file(fold_file)
     names = index["path"].str.rsplit("/", n=1).str[-1]
@@ -244,15 +261,35 @@ def _split_official_fold(
     except DataError as exc:
         raise DataError(f"fold file {fold_file} is not patient-disjoint: {exc}") from None
     train_rows = index[raw.to_numpy() == "train"]
-    types = _patient_types(index).loc[sorted(train_rows["patient"].unique())]
+    types = _patient_types(index, "tumor_type", order).loc[sorted(train_rows["patient"].unique())]
     val_share = fractions[1]
     assignment = _stratified_patient_assignment(
-        types, (1.0 - val_share, val_share), seed, ("train", "val"), (1, 3)
+        types, (1.0 - val_share, val_share), seed, ("train", "val"), (1, 3), order
     )
-    _check_placed(types, assignment, (1.0 - val_share, val_share), ("train", "val"), (1, 3), "official_fold")
+    _check_placed(types, assignment, (1.0 - val_share, val_share), ("train", "val"), (1, 3), "official_fold", order)
     to_val = (raw == "train").to_numpy() & (index["patient"].map(assignment) == "val").to_numpy()
     values[to_val] = "val"
     return _as_split_series(values, index)
+
+
+def _split_given(index: pd.DataFrame, allow_leak: bool) -> pd.Series:
+    """The table's own `split` column (manifest_split), checked; a patient on two sides only with allow_leak."""
+    if "split" not in index.columns:
+        raise ConfigError("split.protocol=manifest_split: the table has no column split (train/val/test per row)")
+    given = index["split"].astype(str).str.strip().str.lower()
+    bad = ~given.isin(SPLITS)
+    if bad.any():
+        raise DataError(
+            f"split.protocol=manifest_split: column split holds {index['split'][bad].iloc[0]!r} in {int(bad.sum())} row(s); "
+            "use train, val or test"
+        )
+    split = _as_split_series(given.to_numpy(dtype=object), index)
+    if not allow_leak:
+        try:
+            check_patient_leakage(index, split)
+        except DataError as exc:
+            raise DataError(f"split.protocol=manifest_split: {exc} (or accept it with split.allow_leak=true)") from None
+    return split
 
 
 def make_split(
@@ -262,10 +299,14 @@ def make_split(
     *,
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     fold_file: str | Path | None = None,
+    stratify: str = "tumor_type",
+    order: Sequence[str] = (),
+    allow_leak: bool = False,
 ) -> pd.Series:
     """Return "train"/"val"/"test" (and "unused" for official_fold) per index row, aligned with `index`.
 
-    `seed` is the config's `split_seed`, independent of the training seed, so reruns share one split.
+    `seed` is the config's `split_seed`, independent of the training seed, so reruns share one split. A patient
+    split balances the classes of column `stratify`, ties and seeds by their `order` (the table's class order).
     """
     seed = _check_seed(seed)
     require_choice("split.protocol", protocol, PROTOCOLS)
@@ -274,10 +315,13 @@ def make_split(
         raise violation(key, list(fractions) if key == "split.fractions" else fold_file, problem)
     if protocol == "paper":
         return _split_paper(index, seed)
+    if protocol == "manifest_split":
+        return _split_given(index, allow_leak)
+    order = tuple(order) or tuple(sorted(index[stratify].astype(str).unique())) if stratify in index.columns else tuple(order)
     if protocol == "patient":
-        split = _split_patient(index, seed, _check_fractions(fractions))
+        split = _split_patient(index, seed, _check_fractions(fractions), stratify, order)
     else:
-        split = _split_official_fold(index, seed, _check_fractions(fractions), fold_file)
+        split = _split_official_fold(index, seed, _check_fractions(fractions), fold_file, order)
     check_patient_leakage(index, split)
     return split
 
