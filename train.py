@@ -34,10 +34,10 @@ OmegaConf.register_new_resolver("gpu_count", _gpu_count, replace=True)
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from masf_lightning.config import check_config
+    from masf_lightning.config.callback import check_run
 
     try:  # the CheckConfig callback did this before Hydra wrote anything; again for a launcher that skips it
-        check_config(cfg)
+        check_run(cfg)
     except MasfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

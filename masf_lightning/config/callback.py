@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from masf_lightning import hub
-from masf_lightning.config.check import check_config
-from masf_lightning.errors import ConfigError
+from masf_lightning.config.check import Config, check_config, needs_meta_split
+from masf_lightning.config.dataset import check_dataset
+from masf_lightning.errors import MasfError
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -33,9 +34,8 @@ def _check_or_exit(config: DictConfig, job: Sequence[str] | None = None) -> None
     before = hydra_config.cfg
     try:
         hydra_config.set_config(config)
-        check_config(config)
-        fetch_model_files(config)
-    except ConfigError as exc:
+        check_run(config)
+    except MasfError as exc:
         where = "" if job is None else f" (sweep job {' '.join(job)}; no job started)" if job else " (sweep; no job started)"
         print(f"error: {exc}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -44,6 +44,13 @@ def _check_or_exit(config: DictConfig, job: Sequence[str] | None = None) -> None
 
 
 _FETCHED: set[tuple[str, ...]] = set()
+
+
+def check_run(config: DictConfig) -> None:
+    """Everything a run is checked for before anything is written: keys and values, the dataset's table, hub files."""
+    check_config(config)
+    check_dataset(config, needs_meta_split(Config(config)))
+    fetch_model_files(config)
 
 
 def fetch_model_files(config: DictConfig) -> None:

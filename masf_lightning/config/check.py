@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from masf_lightning import relations
 from masf_lightning.config import schema
 from masf_lightning.config.rules import Rule, is_finite_number
-from masf_lightning.config.schema import MAGNIFICATIONS, TrainConfig
+from masf_lightning.config.schema import TrainConfig
 from masf_lightning.errors import ConfigError
 from masf_lightning.relations import choices_text, show
 
@@ -198,15 +198,26 @@ def _check_key(key: str, tp: Any, r: Rule, value: Any, cfg: Config) -> None:
         _check_node(key, tp, value, cfg)
         return
     if value == "???":
-        raise cfg.fail(key, f"not set; pass {key}=…" if key != "data.root" else "not set; pass data.root=DIR (the folder holding BreaKHis_v1)")
+        raise cfg.fail(key, _not_set(key, cfg))
     if (problem := _violation(value, tp, r)) is not None:
         raise cfg.fail(key, problem, value)
 
 
+def _not_set(key: str, cfg: Config) -> str:
+    if key == "data.root":
+        fmt = cfg.get("data.format")
+        return f"not set; pass data.root=DIR ({'DIR/<domain>/<class>/<image>' if fmt == 'folder' else 'the folder holding BreaKHis_v1'})"
+    if key == "data.manifest":
+        return "not set; pass data.manifest=FILE (a CSV or Parquet table: path, domain, patient, label columns)"
+    if key in ("task", "data.task"):
+        return "not set; pass task=<a label column of the table> (python -m masf_lightning.data.index FILE lists them)"
+    return f"not set; pass {key}=…"
+
+
 # -- relations between keys ---------------------------------------------------------------------------------
-def _sources(c: Config) -> list[str]:
-    sources = c.get("data.sources")
-    return sorted(sources, key=MAGNIFICATIONS.index) if sources else [m for m in MAGNIFICATIONS if m != c.get("target")]
+def _sources(c: Config) -> list[str] | None:
+    """data.sources when given; else the table decides (every domain but the target: config/dataset.py checks it)."""
+    return c.get("data.sources") or None
 
 
 def _processes(c: Config) -> int | None:
@@ -242,11 +253,17 @@ def target_stays_unseen(c: Config) -> Iterator[ConfigError]:
         yield c.fail("data.sources", problem)
 
 
+def needs_meta_split(c: Config) -> bool:
+    """Whether the configured method splits its sources into meta-train and meta-test (its schema says)."""
+    return bool(_schema_for("method", typing.get_type_hints(TrainConfig)["method"], c.get("method"), c).needs_meta_split)
+
+
 def meta_split_fits(c: Config) -> Iterator[ConfigError]:
-    if problem := relations.meta_test_domains_fit(c.get("data.meta_test_domains"), len(_sources(c))):
+    if (sources := _sources(c)) is None:
+        return
+    if problem := relations.meta_test_domains_fit(c.get("data.meta_test_domains"), len(sources)):
         yield c.fail("data.meta_test_domains", problem)
-    method = _schema_for("method", typing.get_type_hints(TrainConfig)["method"], c.get("method"), c)
-    if problem := relations.meta_split_possible(c.get("method.name"), method.needs_meta_split, _sources(c)):
+    if problem := relations.meta_split_possible(c.get("method.name"), needs_meta_split(c), sources):
         yield ConfigError(problem)
 
 

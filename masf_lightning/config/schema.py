@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 
 from masf_lightning.choices import (
     ACCELERATORS,
+    DATA_FORMATS,
     FOUNDATION_LIBRARIES,
     GEOMETRIES,
     IMAGENET_WEIGHTS,
-    MAGNIFICATIONS,
     MAX_SEED,
     POOLS,
     PRECISIONS,
@@ -23,7 +23,6 @@ from masf_lightning.choices import (
     SELECTIONS,
     SYNTHETIC_MAX_SIZE,
     SYNTHETIC_MIN_SIDE,
-    TASKS,
     TRAINABLE,
 )  # fmt: skip
 from masf_lightning.config.hparams import BY_NAME, REGISTRY
@@ -79,6 +78,7 @@ class Split:
     seed: int = rule(ge=0, le=MAX_SEED)
     fractions: list[float] = rule(length=3, ge=0, test=fractions_ok, says=FRACTIONS_SAY)
     fold_file: str | None = rule()
+    allow_leak: bool = rule()
 
 
 @dataclass
@@ -108,14 +108,20 @@ class Geometry:
 @dataclass
 class Data:
     option: ClassVar[str] = "breakhis"
-    _target_: str = rule(choices=("masf_lightning.data.datamodule.BreakhisDataModule",))
-    root: str = rule()
+    _target_: str = rule(choices=("masf_lightning.data.datamodule.MagnificationDataModule",))
+    format: str = rule(choices=DATA_FORMATS)
+    root: str | None = rule()  # breakhis, folder: the folder; manifest: null (paths are relative to the file)
+    manifest: str | None = rule()
+    domains: list[str] | None = rule(min_length=1)
+    classes: list[str] | None = rule(min_length=2)
+    patient_regex: str | None = rule()
+    task: str = rule()  # the default task (a label column); top-level `task` reads it
     synthetic: Synthetic | None = rule()
     geometry: Geometry = rule()
     input_size: int | None = rule(ge=1)  # null: the foundation model's own
     cache_dir: str | None = rule()
     batch_size_per_domain: int = rule(ge=1)
-    sources: list[str] | None = rule(choices=MAGNIFICATIONS, min_length=1)
+    sources: list[str] | None = rule(min_length=1)  # the table's domains: checked against it (check.py)
     meta_test_domains: int = rule(ge=1)
     class_balanced: bool = rule()
     augment: bool = rule()
@@ -310,8 +316,7 @@ class TrainConfig:
     """conf/train.yaml composed. Fields in the order they are checked: a key another one interpolates
     (hparams.lr → method.lr) comes first, so an error names the key the user set."""
 
-    task: str = rule(choices=TASKS)
-    target: str = rule(choices=MAGNIFICATIONS)
+    target: str = rule()  # a domain of the dataset table: checked against it (config/dataset.py)
     seed: int = rule(ge=0, le=MAX_SEED)
     hparams_seed: int = rule(ge=0, le=MAX_SEED)
     steps: int = rule(ge=1)
@@ -326,6 +331,7 @@ class TrainConfig:
     split: Split = rule()
     eval: Eval = rule()
     data: Data = rule()
+    task: str = rule()  # a label column of the dataset table (data.task by default): checked against it
     stain: Reinhard | Macenko | NoStain = rule()
     method: Masf | Mldg | DeepAll | Coral | DeepAllZoom = rule()
     trainer: Trainer = rule()

@@ -13,8 +13,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from masf_lightning.choices import MAGNIFICATIONS
 from masf_lightning.config.hparams import BY_NAME, value
+from masf_lightning.data.breakhis import DOMAINS as MAGNIFICATIONS  # the transfer map's +train_on=<m> options
+
+# BreaKHis's (and the synthetic copy's) domains; with another table train on one domain with
+# data.sources=[<domain>] target=<another>.
 
 
 def backbone_name(cfg: DictConfig | dict[str, Any]) -> str:
