@@ -39,6 +39,7 @@ from bench_foundation import add_arguments as add_foundation_arguments  # noqa: 
 from bench_foundation import print_report as print_foundation_report  # noqa: E402
 from bench_foundation import run as bench_foundation  # noqa: E402
 from bench_main_job import bench_main_job, print_main_job  # noqa: E402
+from bench_manifest import bench_manifest  # noqa: E402
 from bench_profile import print_profile, profile_step  # noqa: E402
 from bench_search import print_search_report  # noqa: E402
 from bench_search import run as bench_use  # noqa: E402
@@ -173,6 +174,11 @@ def main() -> None:
                 for s in specs
             },
         }
+
+    if not (args.no_data or args.search_only or args.foundation_only):
+        print("a user's manifest: checking and indexing 100,000 rows …", flush=True)
+        report["manifest"] = bench_manifest(10_000 if args.quick else 100_000)
+        print(f"manifest check  {report['manifest']['rows']:,} rows in {report['manifest']['seconds']:.2f} s (goal ≤ 10 s)")
 
     by_key = {v.key: v for v in variants}
     for key in filter(None, args.profile.split(",")):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from bench_env import sync
 
-from masf_lightning.data.datamodule import BreakhisDataModule
+from masf_lightning.data.datamodule import MagnificationDataModule
 from masf_lightning.data.stain import ReinhardNormalizer
 from masf_lightning.data.synthetic import generate_synthetic_breakhis
 
@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     from bench_steps import BackboneSpec
 
 
-def build(root: Path, cache_dir: Path, workers: int, size: int, batch: int) -> tuple[BreakhisDataModule, float]:
+def build(root: Path, cache_dir: Path, workers: int, size: int, batch: int) -> tuple[MagnificationDataModule, float]:
     """The real path: index, split, decode + Reinhard + center crop into the cache (timed)."""
-    dm = BreakhisDataModule(
+    dm = MagnificationDataModule(
         str(root),
         stain=ReinhardNormalizer(),
         geometry={"mode": "center_crop", "size": size},
@@ -49,7 +49,7 @@ def build(root: Path, cache_dir: Path, workers: int, size: int, batch: int) -> t
     return dm, time.perf_counter() - t
 
 
-def bench_delivery(dm: BreakhisDataModule, steps: int) -> dict[str, float]:
+def bench_delivery(dm: MagnificationDataModule, steps: int) -> dict[str, float]:
     """Episodes from the in-RAM cache: sampling, gather, crop/flip/rot90, normalize — what a training step waits on."""
     stream = iter(dm.train_dataloader())
     for _ in range(3):

@@ -129,8 +129,8 @@ def paper_ref(task: str, method: str, target: str) -> tuple[float, float] | None
 
 
 def is_paper(group: Group) -> bool:
-    """Whether the paper has numbers for this table (its task, its image-level protocol)."""
-    return group.protocol == PAPER_PROTOCOL and group.task in PAPER
+    """Whether the paper has numbers for this table (BreaKHis, its task, its image-level protocol)."""
+    return group.data == "breakhis" and group.protocol == PAPER_PROTOCOL and group.task in PAPER
 
 
 def paired_title(variant: str) -> str:

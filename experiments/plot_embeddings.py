@@ -30,10 +30,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from masf_lightning.data.breakhis import MAGNIFICATIONS, SUBTYPE_FOLDERS, domain_name  # noqa: E402
+from masf_lightning.data.breakhis import SUBTYPE_FOLDERS  # noqa: E402
 from masf_lightning.errors import DataError, MasfError  # noqa: E402
 from masf_lightning.eval.embeddings import collect  # noqa: E402
-from masf_lightning.eval.tensorboard import PROJECTOR_HEADER  # noqa: E402  (the training projector's columns)
+from masf_lightning.eval.tensorboard import PROJECTOR_HEADER, projector_rows  # noqa: E402  (the training projector's columns)
 from masf_lightning.io import atomic_path  # noqa: E402
 from masf_lightning.runs import load_run  # noqa: E402
 
@@ -51,7 +51,7 @@ class Embedded:
     space: str  # "F_φ embeddings" | "F_ψ features"
     labels: np.ndarray  # class id in the run's task
     domains: list[str]
-    meta: pd.DataFrame  # rows of the datamodule index: path, tumor_type, malignancy, magnification, split
+    meta: pd.DataFrame  # rows of the dataset table: path, domain, patient, the labels, split
     target: str
 
     @property
@@ -111,13 +111,14 @@ def _class_label(name: str) -> str:
     return f"{name}: {SUBTYPE_FOLDERS[name].replace('_', ' ')}" if name in SUBTYPE_FOLDERS else name
 
 
-def figure(points: np.ndarray, emb: Embedded, class_names: Sequence[str], title: str) -> plt.Figure:
+def figure(points: np.ndarray, emb: Embedded, class_names: Sequence[str], title: str, domains: Sequence[str], task: str = "") -> plt.Figure:
     """(a) coloured by class, (b) by magnification; the target magnification as black-edged stars in both."""
     is_target = emb.is_target
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.4))
     cmap = plt.get_cmap("tab10")
     class_colours = [CLASS_COLOURS.get(c, cmap(i % 10)) for i, c in enumerate(class_names)]
-    domains = [domain_name(m) for m in MAGNIFICATIONS]
+    domains = list(domains)
+    mag_colours = [*MAG_COLOURS, *(cmap(i % 10) for i in range(max(0, len(domains) - len(MAG_COLOURS))))]
 
     def scatter(ax: plt.Axes, colour_of: np.ndarray, colours: Sequence[object]) -> None:
         # sources first, then the target on top so the unseen magnification is never hidden
@@ -139,15 +140,15 @@ def figure(points: np.ndarray, emb: Embedded, class_names: Sequence[str], title:
 
     present = sorted(set(emb.labels.tolist()))
     scatter(axes[0], emb.labels, class_colours)
-    axes[0].set_title("(a) " + ("tumour type" if len(class_names) > 2 else "malignancy"), fontsize=10)
+    axes[0].set_title("(a) " + {"tumor_type": "tumour type", "malignancy": "malignancy"}.get(task, task or "class"), fontsize=10)
     hs = [handle(class_colours[k], _class_label(class_names[k])) for k in present]
     hs.append(handle("white", f"{emb.target.replace('x', '×')} (target)", tgt=True))
     axes[0].legend(handles=hs, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
     mag_of = np.array([domains.index(d) for d in emb.domains])
-    scatter(axes[1], mag_of, MAG_COLOURS)
+    scatter(axes[1], mag_of, mag_colours)
     axes[1].set_title("(b) magnification", fontsize=10)
-    hs = [handle(MAG_COLOURS[k], d.replace("x", "×") + (" (target)" if d == emb.target else ""), tgt=d == emb.target)
+    hs = [handle(mag_colours[k], d.replace("x", "×") + (" (target)" if d == emb.target else ""), tgt=d == emb.target)
           for k, d in enumerate(domains) if d in emb.domains]  # fmt: skip
     axes[1].legend(handles=hs, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.suptitle(title, fontsize=9)
@@ -155,7 +156,7 @@ def figure(points: np.ndarray, emb: Embedded, class_names: Sequence[str], title:
     return fig
 
 
-def log_projector(run_dir: Path, emb: Embedded, step: int) -> Path:
+def log_projector(run_dir: Path, emb: Embedded, step: int, task: str) -> Path:
     """The same vectors in TensorBoard's projector, with the pipeline's metadata columns.
 
     eval/tensorboard.log_projector embeds the training-time sets (target test, source val); this writes
@@ -166,8 +167,7 @@ def log_projector(run_dir: Path, emb: Embedded, step: int) -> Path:
     log_dir = run_dir / "tb" / PROJECTOR_DIR
     # the folder is this script's alone: start clean so a re-plot leaves no stale tensors or event files
     shutil.rmtree(log_dir, ignore_errors=True)
-    roles = np.where(emb.is_target, "target", "source")
-    meta = [[r.tumor_type, r.malignancy, f"{r.magnification}x", r.split, role] for r, role in zip(emb.meta.itertuples(), roles, strict=True)]
+    meta = projector_rows(emb.meta, task, np.where(emb.is_target, "target", "source").tolist())
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         writer.add_embedding(torch.from_numpy(emb.vectors).float(), metadata=meta, metadata_header=PROJECTOR_HEADER,
                              tag="test_all_magnifications", global_step=step)  # fmt: skip
@@ -188,7 +188,7 @@ def plot_run(run_dir: Path, out: Path | None = None, method: str = "tsne", max_p
         f"{name} · {cfg.task} · target {dm.target.replace('x', '×')} unseen in training\n"
         f"test images of all magnifications (n={len(points)}) · {made_by} of {emb.space} · checkpoint step {run.step}"
     )
-    fig = figure(points, emb, dm.class_names, title)
+    fig = figure(points, emb, dm.class_names, title, dm.domains, str(cfg.task))
     prefix = out or run_dir / "fig2_embedding"
     paths = {"png": prefix.with_name(prefix.name + ".png"), "pdf": prefix.with_name(prefix.name + ".pdf"),
              "csv": prefix.with_name(prefix.name + ".csv")}  # fmt: skip
@@ -196,12 +196,13 @@ def plot_run(run_dir: Path, out: Path | None = None, method: str = "tsne", max_p
         with atomic_path(paths[fmt]) as tmp:
             fig.savefig(tmp, format=fmt, dpi=200 if fmt == "png" else None, bbox_inches="tight")
     plt.close(fig)
-    table = emb.meta.loc[:, ["path", "tumor_type", "malignancy", "magnification", "split"]].assign(
+    columns = ["path", "domain", "patient", *dict.fromkeys(c for c in (str(cfg.task), *dm.table.label_columns) if c in emb.meta), "split"]
+    table = emb.meta.loc[:, columns].assign(
         x=points[:, 0], y=points[:, 1], role=np.where(emb.is_target, "target", "source")
     )
     with atomic_path(paths["csv"]) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
-    paths["tensorboard"] = log_projector(run_dir, emb, run.step)
+    paths["tensorboard"] = log_projector(run_dir, emb, run.step, str(cfg.task))
     return paths
 
 

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from masf_lightning.eval.results import TARGET_ORDER, Group, Run, find_runs  # noqa: E402
+from masf_lightning.eval.results import Group, Run, find_runs  # noqa: E402
 from masf_lightning.eval.stats import mean_std  # noqa: E402
 from masf_lightning.io import atomic_path, write_text_atomic  # noqa: E402
 
@@ -34,7 +34,8 @@ TITLES = {"deepall": "DeepAll", "masf": "MASF", "masf_joint": "MASF (joint)"}
 
 
 def mag(d: str) -> str:
-    return d[:-1] + "×"
+    """'40x' → '40×' as the paper writes it; other domain names as they are."""
+    return d[:-1] + "×" if d.endswith("x") and d[:-1].replace(".", "", 1).isdigit() else d
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Panel:
     """One heatmap: rows are training sets, columns the four test magnifications, cells accuracies by seed."""
 
     title: str
+    domains: tuple[str, ...]  # the test columns: the runs' dataset's domains, coarse to fine
     row_names: list[str]
     row_sources: list[tuple[str, ...]]
     cells: dict[tuple[int, str], list[float]] = field(default_factory=dict)
@@ -54,23 +56,24 @@ class Panel:
 def panels(runs: Sequence[Run]) -> list[Panel]:
     """Single-source panels first (the 4×4 map), then leave-one-out, one per method present."""
     out = []
+    order = max((r.domains for r in runs), key=len, default=())
     single = [r for r in runs if len(r.sources) == 1]
-    loo = [r for r in runs if len(r.sources) == len(TARGET_ORDER) - 1]
+    loo = [r for r in runs if len(r.sources) == len(order) - 1]
     for kind, chosen in (("one magnification", single), ("leave one out", loo)):
         for method in sorted({r.method for r in chosen}, key=lambda m: (m != "deepall", m)):
             mine = [r for r in chosen if r.method == method]
             # every panel has all four rows, so the maps line up; a row without runs stays blank
             if kind == "one magnification":
-                sources = [(d,) for d in TARGET_ORDER]
-                names = [f"{mag(d)} only" for d in TARGET_ORDER]
+                sources = [(d,) for d in order]
+                names = [f"{mag(d)} only" for d in order]
             else:
-                sources = [tuple(s for s in TARGET_ORDER if s != d) for d in TARGET_ORDER]
-                names = [f"all but {mag(d)}" for d in TARGET_ORDER]
-            panel = Panel(f"{TITLES.get(method, method)}: {kind}", names, sources)
-            for r in mine:  # a leave-one-out run's sources are the three others, in TARGET_ORDER
-                i = sources.index(tuple(sorted(r.sources, key=TARGET_ORDER.index)))
+                sources = [tuple(s for s in order if s != d) for d in order]
+                names = [f"all but {mag(d)}" for d in order]
+            panel = Panel(f"{TITLES.get(method, method)}: {kind}", order, names, sources)
+            for r in mine:  # a leave-one-out run's sources are the others, in the domains' order
+                i = sources.index(tuple(sorted(r.sources, key=order.index)))
                 for d, acc in (r.metrics.get("test_acc_by_domain") or {}).items():
-                    if d in TARGET_ORDER and acc is not None:
+                    if d in order and acc is not None:
                         panel.cells.setdefault((i, d), []).append(100.0 * acc)
             out.append(panel)
     return out
@@ -84,15 +87,15 @@ def figure(ps: Sequence[Panel], title: str) -> plt.Figure:
     fig, axes = plt.subplots(1, len(ps), figsize=(3.9 * len(ps) + 1.0, 4.2), squeeze=False, layout="constrained")
     cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")  # blank: no run
     for ax, p in zip(axes[0], ps, strict=True):
-        grid = np.array([[p.mean(i, d) for d in TARGET_ORDER] for i in range(len(p.row_names))])
+        grid = np.array([[p.mean(i, d) for d in p.domains] for i in range(len(p.row_names))])
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi)
-        ax.set_xticks(range(len(TARGET_ORDER)), [mag(d) for d in TARGET_ORDER])
+        ax.set_xticks(range(len(p.domains)), [mag(d) for d in p.domains])
         ax.set_yticks(range(len(p.row_names)), p.row_names)
         ax.set_xlabel("test magnification")
         ax.set_ylabel("trained on")
         ax.set_title(p.title, fontsize=10)
         for i, src in enumerate(p.row_sources):
-            for j, d in enumerate(TARGET_ORDER):
+            for j, d in enumerate(p.domains):
                 if not p.cells.get((i, d)):
                     continue
                 dark = grid[i, j] < lo + 0.6 * (hi - lo)
@@ -110,10 +113,10 @@ def table(ps: Sequence[Panel]) -> tuple[str, str]:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["panel", "trained_on", "test", "seen", "n", "mean", "std"])
     for p in ps:
-        md += [f"#### {p.title}", "", "| trained on | " + " | ".join(mag(d) for d in TARGET_ORDER) + " |", "|---" * 5 + "|"]
+        md += [f"#### {p.title}", "", "| trained on | " + " | ".join(mag(d) for d in p.domains) + " |", "|---" * (len(p.domains) + 1) + "|"]
         for i, name in enumerate(p.row_names):
             cells = []
-            for d in TARGET_ORDER:
+            for d in p.domains:
                 vals = p.cells.get((i, d), [])
                 mean, std = mean_std(vals) if vals else (None, None)
                 seen = d in p.row_sources[i]
@@ -127,7 +130,7 @@ def table(ps: Sequence[Panel]) -> tuple[str, str]:
 
 def hardest(p: Panel) -> str | None:
     """The unseen (train, test) pair with the lowest accuracy, as a sentence."""
-    pairs = [(p.mean(i, d), i, d) for i in range(len(p.row_names)) for d in TARGET_ORDER if d not in p.row_sources[i] and p.cells.get((i, d))]
+    pairs = [(p.mean(i, d), i, d) for i in range(len(p.row_names)) for d in p.domains if d not in p.row_sources[i] and p.cells.get((i, d))]
     if not pairs:
         return None
     acc, i, d = min(pairs)

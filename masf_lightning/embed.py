@@ -31,7 +31,6 @@ from masf_lightning.inference import (
     TrainedModel,
     add_arguments,
     cli,
-    metadata,
     open_inputs,
     refuse_output,
     run_images,
@@ -59,11 +58,11 @@ def model_info(model: TrainedModel) -> dict[str, Any]:
 
 
 def embed(model: TrainedModel, paths: Sequence[Path], skipped: Skipped, batch_size: int = 64) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Per readable image its path and BreaKHis fields, and the vectors of each space (N×D float32)."""
+    """Per readable image its path, domain, patient and class (when known), and the vectors of each space (N×D float32)."""
     rows: list[dict[str, Any]] = []
     vectors: dict[str, list[np.ndarray]] = {"features": [], "embeddings": []}
     for batch in run_images(model, paths, skipped, batch_size):
-        rows += [{"path": str(p.resolve()), **metadata(p)} for p in batch.paths]
+        rows += [{"path": str(p.resolve()), **model.metadata(p)} for p in batch.paths]
         vectors["features"].append(batch.features.numpy())
         if batch.embeddings is not None:
             vectors["embeddings"].append(batch.embeddings.numpy())
@@ -74,7 +73,7 @@ def embed(model: TrainedModel, paths: Sequence[Path], skipped: Skipped, batch_si
 def write_embeddings(path: Path, table: pd.DataFrame, vectors: dict[str, np.ndarray], info: dict[str, Any]) -> None:
     columns: dict[str, pa.Array] = {
         "path": pa.array(table["path"], pa.string()),
-        **{c: pa.array(table[c].tolist(), pa.int64() if c in ("magnification", "seq") else pa.string()) for c in METADATA_COLUMNS},
+        **{c: pa.array(table[c].tolist(), pa.string()) for c in METADATA_COLUMNS},
     }
     for space, v in vectors.items():
         columns[space] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.float32()), v.shape[1])

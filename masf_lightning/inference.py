@@ -9,12 +9,14 @@ of them. A file that cannot be read is skipped with one line; the others go on.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import pandas as pd
 import torch
 
 from masf_lightning.checkpoints import weights_fingerprint
@@ -22,12 +24,14 @@ from masf_lightning.data.breakhis import parse_file_name
 from masf_lightning.data.cache import preprocess_images
 from masf_lightning.errors import DataError, MasfError
 from masf_lightning.eval.embeddings import outputs
-from masf_lightning.io import check_writable_dir
+from masf_lightning.io import METRICS_FILE, check_writable_dir
 from masf_lightning.runs import LoadedRun, load_run
 
 # What a folder is searched for (torchvision's decoders); a file named on the command line is tried whatever its name.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-METADATA_COLUMNS = ("malignancy", "tumor_type", "patient", "magnification", "seq")
+# An image's domain, patient and class (under the run's task) when the run's table knows it: its split_manifest.csv
+# by path, else by file name; else what a BreaKHis file name says; else empty.
+METADATA_COLUMNS = ("domain", "patient", "label")
 
 
 @dataclass
@@ -70,10 +74,19 @@ class TrainedModel:
     run_dir: Path
     run: LoadedRun
     id: str
+    class_names: tuple[str, ...] = ()
+    _known: dict[str, dict[str, str]] | None = field(default=None, repr=False)
 
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return tuple(self.run.dm.class_names)
+    def metadata(self, path: Path) -> dict[str, str | None]:
+        """The image's domain, patient and class from the run's own table, else from a BreaKHis file name."""
+        if self._known is None:
+            self._known = _run_table(self.run_dir, self.run.dm.root, str(self.run.cfg.task))
+        row = self._known.get(str(path.resolve())) or self._known.get(path.name)
+        if row is None:
+            fields = parse_file_name(path.name) or {}
+            mag, task = fields.get("magnification"), str(self.run.cfg.task)
+            row = {"domain": f"{mag}x" if mag else None, "patient": fields.get("patient"), "label": fields.get(task)}
+        return {k: (None if row.get(k) is None else str(row[k])) for k in METADATA_COLUMNS}
 
     @property
     def has_embedder(self) -> bool:
@@ -88,7 +101,34 @@ def open_run(run_dir: Path, device: str | None = None, overrides: Sequence[str] 
     """The run's selected checkpoint (read with weights_only=True) on its rebuilt model; no training data needed."""
     run = load_run(run_dir, overrides, device, data=False)
     run.module.eval()
-    return TrainedModel(run_dir, run, model_id(run.module))
+    return TrainedModel(run_dir, run, model_id(run.module), run_classes(run_dir, str(run.cfg.task)))
+
+
+def run_classes(run_dir: Path, task: str) -> tuple[str, ...]:
+    """The class names a run trained on, in class-id order: its metrics.json (runs before that key: BreaKHis's)."""
+    from masf_lightning.data.breakhis import CLASS_ORDERS
+
+    try:
+        classes = json.loads((run_dir / METRICS_FILE).read_text()).get("classes")
+    except (OSError, ValueError):
+        classes = None
+    return tuple(classes) if classes else CLASS_ORDERS.get(task, ())
+
+
+def _run_table(run_dir: Path, root: Path, task: str) -> dict[str, dict[str, str]]:
+    """The run's split_manifest.csv rows by absolute path and by file name (a name found twice: by path only)."""
+    try:
+        table = pd.read_csv(run_dir / "split_manifest.csv", dtype=str, keep_default_na=False)
+    except (OSError, ValueError):
+        return {}
+    if "domain" not in table.columns and "magnification" in table.columns:
+        table["domain"] = table["magnification"] + "x"
+    rows = [{"domain": r.get("domain"), "patient": r.get("patient"), "label": r.get(task), "path": r["path"]} for r in table.to_dict("records")]
+    known = {str((root / r["path"]).resolve()): r for r in rows}
+    names = pd.Series([Path(r["path"]).name for r in rows])
+    unique = set(names[~names.duplicated(keep=False)])
+    known.update({Path(r["path"]).name: r for r in rows if Path(r["path"]).name in unique})
+    return known
 
 
 @dataclass
@@ -131,12 +171,6 @@ def run_images(model: TrainedModel, paths: Sequence[Path], skipped: Skipped, bat
             out = outputs(module, dm.to_input(images.to(model.device)))
         emb = out["embeddings"]
         yield Batch(good, out["features"].float().cpu(), out["logits"].float().cpu(), emb.float().cpu() if emb is not None else None)
-
-
-def metadata(path: Path) -> dict[str, str | int | None]:
-    """BreaKHis fields from the file name (malignancy, tumour type, patient, magnification, seq); None when it is another name."""
-    fields = parse_file_name(path.name) or {}
-    return {k: fields.get(k) for k in METADATA_COLUMNS}
 
 
 def refuse_output(processed: int, skipped: Skipped, strict: bool) -> int | None:

@@ -20,7 +20,7 @@ from masf_lightning.algorithms import DGModule
 from masf_lightning.checkpoints import SafeCheckpointIO, load_checkpoint
 from masf_lightning.choices import SELECTIONS
 from masf_lightning.config.hparams import of_method
-from masf_lightning.data.datamodule import BreakhisDataModule
+from masf_lightning.data.datamodule import MagnificationDataModule
 from masf_lightning.errors import ConfigError, DataError, MasfError, TrainingError
 from masf_lightning.eval.report import evaluate
 from masf_lightning.eval.tensorboard import TrainingLogger, log_evaluation
@@ -43,7 +43,7 @@ def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-def build_datamodule(cfg: DictConfig, run_dir: Path | None, backbone: Backbone | None = None) -> BreakhisDataModule:
+def build_datamodule(cfg: DictConfig, run_dir: Path | None, backbone: Backbone | None = None) -> MagnificationDataModule:
     """The datamodule; a pretrained `backbone` brings its own preprocessing (what the config leaves null: input
     size, cache side; always mean/std) and, frozen, the encoder whose cached features become the batches."""
     dm = instantiate(
@@ -261,7 +261,7 @@ def resume_step(last: Path) -> int | None:
         raise DataError(f"{reason}; delete it to restart this run from step 0") from None
 
 
-def identity(cfg: DictConfig, dm: BreakhisDataModule) -> dict[str, Any]:
+def identity(cfg: DictConfig, dm: MagnificationDataModule) -> dict[str, Any]:
     """What a run is, as metrics.json records it for collect.py: the keys that place it in a table cell."""
     return dict(
         method=cfg.method.name,
@@ -276,6 +276,11 @@ def identity(cfg: DictConfig, dm: BreakhisDataModule) -> dict[str, Any]:
         selection=cfg.selection,
         steps=int(cfg.steps),
         backbone=cfg.backbone._target_.rsplit(".", 1)[-1],
+        # the dataset as the run saw it: predict/embed name these classes, tables and plots order these domains
+        dataset=dm.table.name if dm.table is not None else None,
+        classes=list(dm.class_names),
+        domains=dm.domains,
+        mpp_by_domain=dm.table.mpp() if dm.table is not None else {},
     )
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from masf_lightning.algorithms import DGModule
 from masf_lightning.checkpoints import load_checkpoint
-from masf_lightning.data.datamodule import BreakhisDataModule
+from masf_lightning.data.datamodule import MagnificationDataModule
 from masf_lightning.data.manifest import read_split_manifest
 from masf_lightning.errors import ConfigError, DataError
 from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE, SPLIT_MANIFEST
@@ -61,7 +61,7 @@ def selected_checkpoint(run_dir: Path) -> Path:
     raise DataError(f"{run_dir} has no selected checkpoint and no checkpoints/last.ckpt: train it first")
 
 
-def check_split(dm: BreakhisDataModule, run_dir: Path) -> None:
+def check_split(dm: MagnificationDataModule, run_dir: Path) -> None:
     """Refuse a rebuilt split that is not the one the run trained and tested on.
 
     Changed data or split code would put training images among the "test" images without any sign.
@@ -84,7 +84,7 @@ class LoadedRun:
     """A finished run back in memory: its config, data, model (selected weights) and checkpoint state."""
 
     cfg: DictConfig
-    dm: BreakhisDataModule
+    dm: MagnificationDataModule
     module: DGModule
     checkpoint: Path
     step: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from masf_lightning.data.datamodule import BreakhisDataModule
+from masf_lightning.data.datamodule import MagnificationDataModule
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
@@ -16,7 +16,7 @@ def outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor | None]
 
 
 @torch.no_grad()
-def collect(model: nn.Module, dm: BreakhisDataModule, domain: str, split: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def collect(model: nn.Module, dm: MagnificationDataModule, domain: str, split: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Features F_ψ(x), embeddings F_φ(F_ψ(x)) (when the model has an embedder), logits, labels and cache rows."""
     was_training = model.training
     model.eval()

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from masf_lightning.algorithms import DGModule
-from masf_lightning.data.datamodule import BreakhisDataModule
+from masf_lightning.data.datamodule import MagnificationDataModule
 from masf_lightning.eval.calibration import reliability
 from masf_lightning.eval.embeddings import collect
 from masf_lightning.eval.invariance import class_gap, magnification_predictability
@@ -31,7 +31,7 @@ RECALL_KS = (1, 5, 10)
 class _Subsets:
     """collect() of each (magnification, split) once, with each image's patient as an integer code."""
 
-    def __init__(self, module: DGModule, dm: BreakhisDataModule):
+    def __init__(self, module: DGModule, dm: MagnificationDataModule):
         self.module, self.dm = module, dm
         self.codes = torch.as_tensor(pd.factorize(dm.index["patient"])[0], dtype=torch.long)
         self._cache: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -49,7 +49,7 @@ class _Subsets:
         return {k: torch.cat([g[k] for g in got]) for k in got[0]}
 
 
-def evaluate(module: DGModule, dm: BreakhisDataModule, ks: Sequence[int] = (1, 3, 5)) -> dict[str, Any]:
+def evaluate(module: DGModule, dm: MagnificationDataModule, ks: Sequence[int] = (1, 3, 5)) -> dict[str, Any]:
     """Every metric of the selected model, as metrics.json holds them (`ks`: k of the top-k search vote)."""
     sub = _Subsets(module, dm)
     target = sub.get(dm.target, "test")
@@ -65,6 +65,7 @@ def evaluate(module: DGModule, dm: BreakhisDataModule, ks: Sequence[int] = (1, 3
     out["target_val_acc"] = _acc(sub.get(dm.target, "val"), dm)  # the test-domain oracle's selection score (collect.py)
     # every magnification's test split: sources (fit), target and, for single-source runs, the other unseen ones
     out["test_acc_by_domain"] = {d: _acc(sub.get(d, "test"), dm) for d in dm.domains}
+    out["test_balanced_acc_by_domain"] = {d: _acc(sub.get(d, "test"), dm, "balanced_acc") for d in dm.domains}
     out["source_test_acc"] = _mean([out["test_acc_by_domain"][d] for d in dm.sources])
 
     patients = dm.index["patient"].to_numpy()[target["rows"].numpy()].tolist()
@@ -75,7 +76,7 @@ def evaluate(module: DGModule, dm: BreakhisDataModule, ks: Sequence[int] = (1, 3
     return out
 
 
-def _embedding_metrics(sub: _Subsets, dm: BreakhisDataModule, ks: list[int]) -> dict[str, Any]:
+def _embedding_metrics(sub: _Subsets, dm: MagnificationDataModule, ks: list[int]) -> dict[str, Any]:
     """Search, own-patient search and invariance, for each representation the model has."""
     query = sub.get(dm.target, "test")
     # archive: every source-magnification image (any split), the query's own patient removed per query
@@ -109,8 +110,8 @@ def _embedding_metrics(sub: _Subsets, dm: BreakhisDataModule, ks: list[int]) -> 
     return out
 
 
-def _acc(res: dict[str, torch.Tensor], dm: BreakhisDataModule) -> float | None:
-    return classification_metrics(res["logits"], res["labels"], dm.num_classes)["acc"] if len(res["labels"]) else None
+def _acc(res: dict[str, torch.Tensor], dm: MagnificationDataModule, which: str = "acc") -> float | None:
+    return classification_metrics(res["logits"], res["labels"], dm.num_classes)[which] if len(res["labels"]) else None
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

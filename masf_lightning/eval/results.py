@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from masf_lightning.data.breakhis import MAGNIFICATIONS, domain_name
+from masf_lightning.data.breakhis import DOMAINS as BREAKHIS_DOMAINS
+from masf_lightning.data.breakhis import TASKS as PAPER_TASKS
+from masf_lightning.data.table import domain_sort_key
 from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE
 
-TARGET_ORDER = tuple(domain_name(m) for m in MAGNIFICATIONS)  # 40x, 100x, 200x, 400x
-TASK_ORDER = ("tumor_type", "malignancy")
+TASK_ORDER = PAPER_TASKS  # the paper's two tables first; other tasks after, by name
+# Runs written before metrics.json named its domains all ran on BreaKHis (real or synthetic).
+DOMAINS_BEFORE_THE_KEY = BREAKHIS_DOMAINS
 # Before `hparams.optimizers` existed MASF had one Adam for Eq. 11 as written: a run without the key is "joint".
 OPTIMIZERS_BEFORE_THE_KEY = "joint"
 
@@ -59,6 +62,7 @@ class Run:
     resumed: bool = False
     sources: tuple[str, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
+    domains: tuple[str, ...] = DOMAINS_BEFORE_THE_KEY  # the run's dataset's domains, coarse to fine
     draw: int = 0  # hparams_seed: 0 = the registry's defaults (and every run before draws existed), K = draw K
 
     def label(self) -> str:
@@ -69,7 +73,7 @@ class Run:
     @property
     def row(self) -> tuple[str, tuple[str, ...]]:
         """(target, sources): leave-one-out and single-source runs of one target are different rows."""
-        return self.target, self.sources or tuple(t for t in TARGET_ORDER if t != self.target)
+        return self.target, self.sources or tuple(t for t in self.domains if t != self.target)
 
     def value(self, key: str) -> float | None:
         """A metric as a finite number, or None; `source_test_acc` is derived for runs that predate it."""
@@ -119,6 +123,10 @@ def _data_name(cfg: dict[str, Any] | None) -> str:
     data = (cfg or {}).get("data")
     if not isinstance(data, dict):
         return "unknown"
+    if data.get("format") == "manifest":
+        return f"manifest {data.get('manifest')}"
+    if data.get("format") == "folder":
+        return f"folder {data.get('root')}"
     syn = data.get("synthetic")
     if not syn:
         return "breakhis"
@@ -169,8 +177,20 @@ def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None)
         resumed=bool(m.get("resumed", False)),
         sources=tuple(m.get("sources") or ()),
         metrics=m,
+        domains=run_domains(m),
         draw=int(draw) if is_number(draw) else 0,
     )
+
+
+def run_domains(m: dict[str, Any]) -> tuple[str, ...]:
+    """A run's domains in its dataset's order: metrics.json's `domains`, else the keys of its per-domain accuracy
+    ordered by their names, else BreaKHis's four (runs before either key)."""
+    if isinstance(m.get("domains"), list) and m["domains"]:
+        return tuple(str(d) for d in m["domains"])
+    by = m.get("test_acc_by_domain")
+    if isinstance(by, dict) and by:
+        return tuple(sorted(map(str, by), key=domain_sort_key))
+    return DOMAINS_BEFORE_THE_KEY
 
 
 def _run_from_config(shown: str, cfg: dict[str, Any] | None, status: str) -> Run:

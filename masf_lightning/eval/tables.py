@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from masf_lightning.eval.results import TARGET_ORDER, Group, Run
+from masf_lightning.data.table import domain_sort_key
+from masf_lightning.eval.results import Group, Run
 from masf_lightning.eval.selection import RULES, Choice, SelectionRule, choose
 
 METHOD_ORDER = (
@@ -24,8 +25,9 @@ Row = tuple[str, tuple[str, ...]]  # (target, sources)
 Draws = dict[int, dict[int, Run]]  # draw → seed → run
 
 
-def target_key(t: str) -> tuple[int, str]:
-    return (TARGET_ORDER.index(t) if t in TARGET_ORDER else len(TARGET_ORDER), t)
+def target_key(t: str) -> tuple[int, float, str]:
+    """Domains coarse to fine by their names: 40x before 400x, 5x before 20x, 2mpp before 0.5mpp."""
+    return domain_sort_key(t)
 
 
 def row_key(row: Row) -> tuple[object, ...]:
@@ -95,6 +97,7 @@ def _notes(group_runs: list[Run], methods: list[str], rows: list[Row], draws: di
         if r.resumed and r.status in ("ok", "nan"):
             notes["resumed"].append(r.label())
     if expect:
+        domains = max((r.domains for r in group_runs), key=len)
         tried: dict[tuple[str, Row], set[int]] = {}
         for r in group_runs:
             tried.setdefault((r.method, r.row), set()).add(r.draw)
@@ -106,14 +109,14 @@ def _notes(group_runs: list[Run], methods: list[str], rows: list[Row], draws: di
                 for d in sorted(tried.get((m, row), {0})):
                     n = len(draws.get((m, row), {}).get(d, {}))
                     if n < expect:
-                        notes["few"].append(f"{m} {row_label(row)}{f' draw {d}' if d else ''}: {n}/{expect} seeds")
+                        notes["few"].append(f"{m} {row_label(row, domains)}{f' draw {d}' if d else ''}: {n}/{expect} seeds")
     return notes
 
 
-def row_label(row: Row) -> str:
-    """`400x`, or `400x from 40x` for a row that is not leave-one-out."""
-    loo = tuple(t for t in TARGET_ORDER if t != row[0])
-    return row[0] if row[1] == loo else f"{row[0]} from {'+'.join(row[1])}"
+def row_label(row: Row, domains: Sequence[str]) -> str:
+    """`400x`, or `400x from 40x` for a row that is not leave-one-out (of `domains`, the runs' dataset's)."""
+    loo = {t for t in domains if t != row[0]}
+    return row[0] if set(row[1]) == loo else f"{row[0]} from {'+'.join(row[1])}"
 
 
 def build_tables(runs: Sequence[Run], expect_seeds: int | None = None) -> tuple[list[Table], list[str]]:

@@ -7,7 +7,7 @@ Tags avoid characters a URL query would mangle (a `+` reaches the server as a sp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,13 +27,13 @@ LAYOUT: dict[str, dict[str, list[Any]]] = {
         "diagnostics": ["Multiline", [r"^diag/"]],
     },
     "accuracy per magnification (validation)": {
-        "accuracy per magnification": ["Multiline", [r"^val/\d+x/acc$"]],
+        "accuracy per magnification": ["Multiline", [r"^val/[^/]+/acc$"]],
         "source mean (selects the checkpoint) and target": ["Multiline", [r"^val/(source|target)_acc$"]],
         "target test during training: what the paper's code reported; selects nothing": ["Multiline", [r"^oracle/"]],
     },
 }
 PROJECTOR_TAG = "target_test_and_source_val"
-PROJECTOR_HEADER = ["type", "malignancy", "magnification", "split", "role"]
+PROJECTOR_HEADER = ["class", "domain", "patient", "split", "role"]
 NOT_EVALUATION = ("wall_time_s", "oracle_target_test_acc")  # floats in metrics.json that training, not evaluation, made
 # HParams compares runs on these (one point each, so only the headline of each family); the Text tab has all.
 HEADLINE = (
@@ -82,12 +82,18 @@ def log_evaluation(writer: Any, module: torch.nn.Module, dm: Any, metrics: Mappi
         log_projector(writer, module, dm, step)
 
 
+def projector_rows(rows: Any, task: str, role: str | Sequence[str]) -> list[list[str]]:
+    """The Projector's metadata (PROJECTOR_HEADER) of some rows of the dataset table: the task's class, domain, patient,
+    split, and whether the image is of the target (`role` per row, or one for all)."""
+    roles = [role] * len(rows) if isinstance(role, str) else list(role)
+    return [[str(c), str(d), str(p), str(s), r] for c, d, p, s, r in zip(rows[task], rows["domain"], rows["patient"], rows["split"], roles, strict=True)]
+
+
 def log_projector(writer: Any, module: torch.nn.Module, dm: Any, step: int) -> None:
     """Target test and source val vectors (F_φ when the model has it, else F_ψ) for the Projector tab."""
     feats, meta = [], []
     for split, d in [("test", dm.target)] + [("val", d) for d in dm.sources]:
         res = collect(module, dm, d, split, module.device)
         feats.append(res["embeddings"] if len(res["embeddings"]) else res["features"])
-        rows = dm.index.iloc[res["rows"].numpy()]
-        meta += [[r.tumor_type, r.malignancy, f"{r.magnification}x", split, "target" if d == dm.target else "source"] for r in rows.itertuples()]
+        meta += projector_rows(dm.index.iloc[res["rows"].numpy()], dm.task, "target" if d == dm.target else "source")
     writer.add_embedding(torch.cat(feats), metadata=meta, metadata_header=PROJECTOR_HEADER, tag=PROJECTOR_TAG, global_step=step)

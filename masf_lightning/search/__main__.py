@@ -18,7 +18,6 @@ from masf_lightning.inference import (
     add_run_options,
     cli,
     gather_images,
-    metadata,
     open_run,
     refuse_output,
     run_images,
@@ -76,15 +75,15 @@ def _query(args: argparse.Namespace) -> int:
         vectors.append((batch.embeddings if space == "embeddings" else batch.features).numpy())
     if (code := refuse_output(len(paths), skipped, args.strict)) is not None:
         return code
-    queries = [{"path": str(p.resolve()), **metadata(p)} for p in paths]
+    queries = [{"path": str(p.resolve()), **model.metadata(p)} for p in paths]
     patients = [q["patient"] for q in queries] if args.exclude_same_patient else None
     if patients is not None and (unknown := sum(p is None for p in patients)):
-        print(f"note: {unknown} query image(s) carry no BreaKHis patient in their names: nothing excluded for them", file=sys.stderr)
+        print(f"note: {unknown} query image(s) have no known patient (not in the run's table, no BreaKHis name): nothing excluded for them", file=sys.stderr)
     rows, dists = search(index, np.concatenate(vectors), args.k, patients, args.ef_search)
     archive = index.archive.to_dict("records")
     hits = [[{"rank": r + 1, "distance": float(d), **archive[i]} for r, (i, d) in enumerate(zip(ri, di, strict=True))] for ri, di in zip(rows, dists, strict=True)]
     table = pd.DataFrame(
-        [{"query": q["path"], **{f"query_{c}": q[c] for c in METADATA_COLUMNS if c != "seq"}, **{c: h[c] for c in ("rank", "distance", "path", *METADATA_COLUMNS) if c != "seq"}}
+        [{"query": q["path"], **{f"query_{c}": q[c] for c in METADATA_COLUMNS}, **{c: h[c] for c in ("rank", "distance", "path", *METADATA_COLUMNS)}}
          for q, found in zip(queries, hits, strict=True) for h in found]
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

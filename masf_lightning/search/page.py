@@ -59,16 +59,14 @@ def thumbnail(path: str | Path) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality=85).numpy().tobytes()).decode()
 
 
+def _known(value: Any) -> bool:
+    return value is not None and value == value and value != ""  # not None, NaN or empty
+
+
 def _facts(row: dict[str, Any]) -> str:
-    """'DC (malignant) · 400× · patient 14-2523', or what of it the file name told."""
-    parts = []
-    if row.get("tumor_type"):
-        parts.append(f"{row['tumor_type']} ({row['malignancy']})")
-    if row.get("magnification") is not None and row.get("magnification") == row.get("magnification"):  # not NaN
-        parts.append(f"{int(row['magnification'])}×")
-    if row.get("patient"):
-        parts.append(f"patient {row['patient']}")
-    return " · ".join(f'<span class="nw">{html.escape(p)}</span>' for p in parts) if parts else '<span class="muted">no BreaKHis name</span>'
+    """'DC · 400x · patient 14-2523': what the run's table (or a BreaKHis file name) says of the image."""
+    parts = [str(row[k]) if k != "patient" else f"patient {row[k]}" for k in ("label", "domain", "patient") if _known(row.get(k))]
+    return " · ".join(f'<span class="nw">{html.escape(p)}</span>' for p in parts) if parts else '<span class="muted">not in the run\'s table</span>'
 
 
 def _figure(css: str, row: dict[str, Any], caption: str, data: dict[str, Any]) -> str:
@@ -83,14 +81,14 @@ def render_page(info: dict[str, Any], queries: Sequence[dict[str, Any]], hits: S
     sections = []
     for n, (q, found) in enumerate(zip(queries, hits, strict=True), 1):
         name = html.escape(Path(q["path"]).name)
-        same = f"<br>same type: {sum(h.get('tumor_type') == q['tumor_type'] for h in found)} of {len(found)}" if q.get("tumor_type") else ""
+        same = f"<br>same class: {sum(h.get('label') == q['label'] for h in found)} of {len(found)}" if _known(q.get("label")) else ""
         caption = f"<b>query {n}</b><br>{_facts(q)}{same}<br><span class=\"file\">{name}</span>"
-        head = _figure("query-image", q, caption, {"path": q["path"], "class": q.get("tumor_type")})
+        head = _figure("query-image", q, caption, {"path": q["path"], "class": q.get("label")})
         cards = []
         for h in found:
-            verdict = "" if not q.get("tumor_type") else (" same-class" if h.get("tumor_type") == q["tumor_type"] else " other-class")
+            verdict = "" if not _known(q.get("label")) else (" same-class" if h.get("label") == q["label"] else " other-class")
             caption = f"<b>#{h['rank']}</b> d = {h['distance']:.4g}<br>{_facts(h)}<br><span class=\"file\">{html.escape(Path(h['path']).name)}</span>"
-            data = {"rank": h["rank"], "distance": f"{h['distance']:.6g}", "class": h.get("tumor_type"), "magnification": h.get("magnification"), "patient": h.get("patient"), "path": h["path"]}
+            data = {"rank": h["rank"], "distance": f"{h['distance']:.6g}", "class": h.get("label"), "domain": h.get("domain"), "patient": h.get("patient"), "path": h["path"]}
             cards.append(_figure(f"neighbour{verdict}", h, caption, data))
         sections.append(f'<section class="query" data-query="{html.escape(q["path"])}">{head}<div class="hits">{"".join(cards)}</div></section>')
     about = (
