@@ -93,7 +93,7 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "unparseable_name": (unparseable, ""),
     "name_contradicts_folder": (contradicting, ""),
     "class_missing_in_target": (class_missing_in_target, "400x"),
-    "target_absent": (target_absent, "magnifications present"),
+    "target_absent": (target_absent, "not a domain of BreaKHis"),
 }
 
 

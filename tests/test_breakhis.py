@@ -26,11 +26,8 @@ def test_constants_and_helpers() -> None:
     for bad in ("401x", "x", "", "400xx", "forty"):
         with pytest.raises(ConfigError, match="40x, 100x, 200x, 400x"):
             bh.parse_domain(bad)
-    assert bh.label_column("malignancy") == "malignancy"
-    assert bh.class_names("tumor_type") == bh.TUMOR_TYPES
-    assert bh.class_names("malignancy") == ("benign", "malignant")
-    with pytest.raises(ConfigError, match="tumour"):
-        bh.class_names("tumour")
+    assert bh.CLASS_ORDERS["tumor_type"] == bh.TUMOR_TYPES
+    assert bh.CLASS_ORDERS["malignancy"] == ("benign", "malignant")
 
 
 def test_index_tiny_tree(tiny_breakhis: Path) -> None:

@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from masf_lightning import choices
 from masf_lightning.config import check_config, schema
 from masf_lightning.config.__main__ import rules_markdown
+from masf_lightning.config.callback import check_run
 from masf_lightning.config.check import Leaf, alternatives, leaves
+from masf_lightning.config.store import MAGNIFICATIONS
 from masf_lightning.errors import ConfigError
 from masf_lightning.relations import show
 
@@ -30,7 +32,7 @@ GROUPS = ("data", "stain", "backbone", "method", "trainer", "experiment")
 def shipped_options() -> list[list[str]]:
     """Overrides selecting every config file of every group once (data.root set: real-data options need it)."""
     runs = [[f"{g}={f.stem}"] for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
-    runs += [[f"+train_on={m}", "method=deepall"] for m in choices.MAGNIFICATIONS]  # generated: config/store.py
+    runs += [[f"+train_on={m}", "method=deepall"] for m in MAGNIFICATIONS]  # generated: config/store.py
     return [[*r, "data.root=/nonexistent/breakhis"] for r in [[], *runs]]
 
 
@@ -46,9 +48,10 @@ def configs() -> dict[str, DictConfig]:
     return {" ".join(o): compose_train(o) for o in shipped_options()}
 
 
-def error_of(cfg: DictConfig) -> str:
+def error_of(cfg: DictConfig, dataset: bool = False) -> str:
+    """The check's one line: of the keys alone, or (`dataset`) also against the dataset's table, as train.py checks."""
     with pytest.raises(ConfigError) as exc:
-        check_config(cfg)
+        check_run(cfg) if dataset else check_config(cfg)
     return str(exc.value)
 
 
@@ -152,9 +155,8 @@ def test_float_keys_refuse_nan_and_int_keys_refuse_fractions(configs: dict[str, 
         (["hparams.lr=-1"], "hparams.lr=-1: must be > 0"),
         (["hparams.temperature=0"], "hparams.temperature=0: must be > 0"),
         (["data.batch_size_per_domain=0"], "data.batch_size_per_domain=0: must be >= 1"),
-        (["task=grade"], "task=grade: must be one of tumor_type, malignancy"),
         (["selection=best"], "selection=best: must be one of source_val, target_val, last"),
-        (["target=400"], "target=400: must be one of 40x, 100x, 200x, 400x"),
+        (["target=[400x]"], "target=[400x]: must be a string"),
         (["hparams.inner_clip=0"], "hparams.inner_clip=0: must be > 0 or null"),
         (["split.fractions=[0.5,0.5]"], "split.fractions=[0.5,0.5]: must be a list of 3 numbers >= 0 (train, val, test) summing to 1, train and test > 0"),
         (["hparams_seed=-1"], "hparams_seed=-1: must be in 0..4294967295"),
@@ -173,7 +175,7 @@ def test_float_keys_refuse_nan_and_int_keys_refuse_fractions(configs: dict[str, 
         (["trainer=ddp_cpu", "data.batch_size_per_domain=7"], "data.batch_size_per_domain=7: must be divisible by the 2 processes (trainer.devices=2)"),
         (["data.sources=[40x,400x]"], "data.sources=[40x,400x]: contains target=400x: the target magnification must stay unseen"),
         (["data.sources=[40x,40x]"], "data.sources=[40x,40x]: lists a magnification twice"),
-        (["data.meta_test_domains=3"], "data.meta_test_domains=3: must be between 1 and 2 for 3 source domains"),
+        (["data.sources=[40x,100x]", "data.meta_test_domains=2"], "data.meta_test_domains=2: must be between 1 and 1 for 2 source domains"),
         (["+train_on=100x", "method=mldg"], "method=mldg needs at least 2 source magnifications for its meta-train/meta-test split; data.sources=['100x'] has 1 (train a single magnification with method=deepall)"),
         (["backbone.input_size=100"], "backbone.input_size=100: must be <= backbone.cache_size (56): training crops it from the cached image"),
         (["split.protocol=official_fold"], "split.fold_file=null: split.protocol=official_fold needs a BreaKHis dsfold<k>.txt"),
@@ -183,6 +185,21 @@ def test_float_keys_refuse_nan_and_int_keys_refuse_fractions(configs: dict[str, 
 )
 def test_one_line_per_mistake(overrides: list[str], message: str) -> None:
     assert error_of(compose_train(overrides)).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["task=grade"], "task=grade: not a label column of the synthetic BreaKHis (label columns: tumor_type, malignancy)"),
+        (["target=400X"], "target=400X: not a domain of the synthetic BreaKHis (domains: 40x, 100x, 200x, 400x)"),
+        (["data.meta_test_domains=3"], "data.meta_test_domains=3: must be between 1 and 2 for 3 source domains"),
+        (["data.sources=[40x,50x]"], "data.sources=[40x,50x]: 50x is not a domain of the synthetic BreaKHis"),
+        (["data.classes=[A,F]"], "data.classes=[A,F]: the synthetic BreaKHis has the classes A, F, PT, TA, DC, LC, MC, PC"),
+    ],
+)
+def test_checked_against_the_dataset(overrides: list[str], message: str, tmp_path: Path) -> None:
+    """target, data.sources, task and data.classes against the table (here the synthetic data's, not generated yet)."""
+    assert error_of(compose_train([*overrides, f"paths.data={tmp_path}"]), dataset=True).startswith(message)
 
 
 def test_valid_overrides_pass() -> None:

@@ -41,15 +41,15 @@ def test_plot_writes_png_pdf_and_projector(masf_run: Path, tmp_path: Path, capsy
     import pandas as pd
 
     points = pd.read_csv(prefix.with_name("fig2.csv"))
-    assert sorted(points["magnification"].unique()) == [40, 100, 200, 400]
+    assert list(dict.fromkeys(points["domain"])) == ["40x", "100x", "200x", "400x"]
     assert set(points["split"]) == {"test"}
-    assert set(points.loc[points["role"] == "target", "magnification"]) == {200}
+    assert set(points.loc[points["role"] == "target", "domain"]) == {"200x"}
     assert points[["x", "y"]].notna().all().all()
 
     tb = masf_run / "tb" / "fig2_embedding"
     assert "test_all_magnifications" in (tb / "projector_config.pbtxt").read_text()
     meta = next(tb.rglob("metadata.tsv")).read_text().splitlines()
-    assert meta[0].split("\t") == ["type", "malignancy", "magnification", "split", "role"]
+    assert meta[0].split("\t") == ["class", "domain", "patient", "split", "role"]
     assert len(meta) - 1 == len(points)
     # the training run's own projector is left as it was
     assert 'tensor_name: "target_test_and_source_val:' in (masf_run / "tb" / "projector_config.pbtxt").read_text()

@@ -90,7 +90,7 @@ def test_duplicated_patient_and_year_15_patients_in_index_and_split(tmp_path: Pa
     # the patient protocol keeps 14-13412's DC and LC copies on one side; train/test cover every class
     split = make_split(index, "patient", fractions=(0.5, 0.0, 0.5))
     assert split[index["patient"] == "14-13412"].nunique() == 1
-    check_split_covers(index, split, "tumor_type", {"train": [40, 100, 200], "test": [400]})
+    check_split_covers(index, split, "tumor_type", {"train": ["40x", "100x", "200x"], "test": ["400x"]})
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_types_with_few_patients_say_what_could_not_be_placed(patients, needle: 
     fractions = (0.6, 0.1, 0.3) if "'val'" in needle else (0.5, 0.0, 0.5)
     with pytest.raises(DataError) as err:
         split = make_split(index, "patient", fractions=fractions)
-        check_split_covers(index, split, "tumor_type", {"train": [40, 100, 200], "test": [400]})
+        check_split_covers(index, split, "tumor_type", {"train": ["40x", "100x", "200x"], "test": ["400x"]})
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from masf_lightning.data.breakhis import MAGNIFICATIONS, TUMOR_TYPES, index_breakhis
+from masf_lightning.data.breakhis import DOMAINS, TUMOR_TYPES, index_breakhis
 from masf_lightning.data.manifest import (
     check_split_covers,
     read_split_manifest,
@@ -41,7 +40,7 @@ def test_patient_protocol_is_disjoint_and_covers_types(index3: pd.DataFrame) -> 
         assert set(majority.loc[majority["split"] == s, "tumor_type"]) == set(TUMOR_TYPES), s
     # 14-13412 (DC and LC copies) is one group: all its rows on one side
     assert split[index3["patient"] == "14-13412"].nunique() == 1
-    check_split_covers(index3, split, "tumor_type", MAGNIFICATIONS)
+    check_split_covers(index3, split, "tumor_type", DOMAINS)
 
 
 def test_patient_protocol_determinism(index3: pd.DataFrame) -> None:
@@ -71,7 +70,7 @@ def test_patient_fractions_are_configurable(index3: pd.DataFrame) -> None:
         make_split(index3, fractions=(0.5, 0.2, 0.2))
     with pytest.raises(ConfigError, match="train and test > 0"):
         make_split(index3, fractions=(1.0, 0.0, 0.0))
-    with pytest.raises(ConfigError, match="^split.protocol=kfold: must be one of patient, paper, official_fold$"):
+    with pytest.raises(ConfigError, match="^split.protocol=kfold: must be one of patient, paper, official_fold, manifest_split$"):
         make_split(index3, "kfold")
     with pytest.raises(ConfigError, match="split.seed"):
         make_split(index3, seed=-1)
@@ -83,7 +82,8 @@ def _synthetic_index(per_mag: dict[int, int]) -> pd.DataFrame:
         for mag, n in per_mag.items()
         for i in range(n)
     ]
-    return pd.DataFrame(rows, columns=["path", "patient", "tumor_type", "magnification"])
+    frame = pd.DataFrame(rows, columns=["path", "patient", "tumor_type", "magnification"])
+    return frame.assign(domain=[f"{m}x" for m in frame["magnification"]])
 
 
 def test_paper_protocol_45_45_10_per_magnification() -> None:
@@ -171,12 +171,15 @@ def test_leakage_check_fires(index3: pd.DataFrame) -> None:
 def test_manifest_round_trip(index3: pd.DataFrame, tmp_path: Path) -> None:
     split = make_split(index3, seed=0)
     path = tmp_path / "run" / "split.csv"
-    write_split_manifest(index3, split, path)
+    write_split_manifest(index3, split, path, labels=["tumor_type", "malignancy"])
     manifest = read_split_manifest(path)
-    assert list(manifest.columns) == ["path", "patient", "tumor_type", "magnification", "split"]
+    assert list(manifest.columns) == ["path", "domain", "patient", "tumor_type", "malignancy", "split"]
     pd.testing.assert_series_equal(manifest["path"], index3["path"], check_dtype=False)
-    assert manifest["magnification"].dtype == np.int64
     assert split_from_manifest(index3, manifest).equals(split)
+    # a manifest written before domains had names (magnification as a number) reads with its domains
+    old = manifest.drop(columns=["domain"]).assign(magnification=index3["magnification"])
+    old.to_csv(tmp_path / "old.csv", index=False)
+    assert list(read_split_manifest(tmp_path / "old.csv")["domain"]) == list(index3["domain"])
     assert [p.name for p in path.parent.iterdir()] == ["split.csv"]  # no temp file left behind
     with pytest.raises(DataError, match="does not exist"):
         read_split_manifest(tmp_path / "none.csv")
@@ -189,14 +192,14 @@ def test_manifest_round_trip(index3: pd.DataFrame, tmp_path: Path) -> None:
 
 def test_check_split_covers(index3: pd.DataFrame) -> None:
     split = make_split(index3, seed=0)
-    needed = {"train": ["40x", "100x", "200x"], "val": [40, 100, 200], "test": ["400"]}
+    needed = {"train": ["40x", "100x", "200x"], "val": ["40x", "100x", "200x"], "test": ["400x"]}
     check_split_covers(index3, split, "tumor_type", needed)
-    check_split_covers(index3, split, "malignancy", MAGNIFICATIONS)
+    check_split_covers(index3, split, "malignancy", DOMAINS)
     gap = split.copy()
     gap[(index3["tumor_type"] == "PT") & (index3["magnification"] == 400) & (split == "test")] = "unused"
     with pytest.raises(DataError, match=r"class 'PT' with no images in domain 400x, split 'test'"):
         check_split_covers(index3, gap, "tumor_type", needed)
-    check_split_covers(index3, gap, "tumor_type", {"train": [400]})
+    check_split_covers(index3, gap, "tumor_type", {"train": ["400x"]})
     with pytest.raises(ConfigError, match="domain"):
         check_split_covers(index3, split, "tumor_type", {"test": ["500x"]})
 
@@ -225,7 +228,7 @@ def test_coverage_gaps_are_named_per_class_with_their_patients(index3: pd.DataFr
     sub = sub[~((sub["tumor_type"] == "PT") & sub["magnification"].isin([100, 200]))]
     split = make_split(sub, seed=0)
     with pytest.raises(DataError) as err:
-        check_split_covers(sub, split, "tumor_type", {"train": [40, 100, 200], "test": [400]})
+        check_split_covers(sub, split, "tumor_type", {"train": ["40x", "100x", "200x"], "test": ["400x"]})
     msg = str(err.value)
     assert "\n" not in msg and "add patients" in msg
     assert "class 'F' with no images in domain 400x, split 'test' (1 patient: 1 in train)" in msg

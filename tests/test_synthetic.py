@@ -325,9 +325,9 @@ def test_cli_defaults_are_what_train_py_asks_for(
 
 
 def test_datamodule_reads_the_tree_and_lists_magnifications_in_order(tiny: Path, tmp_path: Path) -> None:
-    from masf_lightning.data.datamodule import BreakhisDataModule
+    from masf_lightning.data.datamodule import MagnificationDataModule
 
-    dm = BreakhisDataModule(str(tiny), cache_dir=str(tmp_path), num_workers=1, progress=False)
+    dm = MagnificationDataModule(str(tiny), cache_dir=str(tmp_path), num_workers=1, progress=False)
     dm.prepare_data()
     rows = [line.split()[0] for line in dm.describe().splitlines()[3:]]
     assert rows == ["40x", "100x", "200x", "400x"], dm.describe()

@@ -99,7 +99,7 @@ def test_projector_tensor_found_by_its_tag(server: str) -> None:
     tensor = _get(server, f"/data/plugin/projector/tensor?run=.&name={name}")  # as the frontend sends it
     assert len(tensor) == rows * dim * 4  # float32
     meta = _get(server, f"/data/plugin/projector/metadata?run=.&name={name}").decode().splitlines()
-    assert meta[0].split("\t") == ["type", "malignancy", "magnification", "split", "role"] and len(meta) == rows + 1
+    assert meta[0].split("\t") == ["class", "domain", "patient", "split", "role"] and len(meta) == rows + 1
 
 
 def _png_size(png: bytes) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from masf_lightning.data.datamodule import BreakhisDataModule, EpisodeSampler
+from masf_lightning.data.datamodule import EpisodeSampler, MagnificationDataModule
 from masf_lightning.errors import ConfigError
 from tests.test_train_e2e import ROOT, run_train, tiny_overrides
 
@@ -27,19 +27,25 @@ MAGS = ("40x", "100x", "200x", "400x")
     [
         (["400x"], "contains target=400x"),
         (["40x", "40x"], "lists a magnification twice"),
-        (["50x"], "not a BreaKHis magnification"),
         ([], "non-empty list"),
         ("40x", "non-empty list"),
     ],
 )
 def test_bad_sources_are_one_line_config_errors(tmp_path: Path, sources: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as exc:
-        BreakhisDataModule(str(tmp_path), target="400x", sources=sources)
+        MagnificationDataModule(str(tmp_path), target="400x", sources=sources)
     assert "data.sources=" in str(exc.value) and "\n" not in str(exc.value)
 
 
-def test_sources_are_sorted_by_magnification(tmp_path: Path) -> None:
-    assert BreakhisDataModule(str(tmp_path), target="40x", sources=["400x", "100x"]).requested_sources == ["100x", "400x"]
+def test_sources_follow_the_tables_order_and_must_be_its_domains(breakhis_3pt: Path, tmp_path: Path) -> None:
+    """Sources in the table's domain order (40x before 400x), whatever order the user wrote; a name the table lacks
+    is one line naming the table's domains."""
+    dm = MagnificationDataModule(str(breakhis_3pt), target="40x", sources=["400x", "100x"], cache_dir=str(tmp_path / "cache"), progress=False)
+    dm.setup()
+    assert dm.sources == ["100x", "400x"]
+    bad = MagnificationDataModule(str(breakhis_3pt), target="400x", sources=["50x"], cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(ConfigError, match=r"^data.sources=\['50x'\]: 50x is not a domain of BreaKHis at .* \(domains: 40x, 100x, 200x, 400x\)$"):
+        bad.setup()
 
 
 def test_one_source_episode_has_no_meta_split() -> None:

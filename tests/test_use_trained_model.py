@@ -80,20 +80,21 @@ def test_predict_gives_the_runs_own_logits(run_dir: Path, own: dict, tmp_path: P
     assert pd.read_csv(elsewhere).equals(csv)
 
 
-def test_embed_writes_vectors_and_breakhis_fields(run_dir: Path, own: dict, emb_file: Path, tmp_path: Path) -> None:
+def test_embed_writes_vectors_and_what_the_runs_table_says(run_dir: Path, own: dict, emb_file: Path, tmp_path: Path) -> None:
     info, table, vectors = embed.read_embeddings(emb_file)
     assert len(table) == 192 and info["model_id"] == open_run(run_dir, "cpu").id and info["method"] == "masf"
     assert set(vectors) == {"features", "embeddings"} and vectors["features"].shape == (192, 16)
     row = table.set_index("path").loc[str(own["paths"][0].resolve())]
     name = own["paths"][0].name  # SOB_<B|M>_<TYPE>-<patient>-400-<seq>.png
-    assert row["magnification"] == 400 and row["tumor_type"] == name.split("_")[2].split("-")[0] and row["patient"] in name
+    # from the run's own table (split_manifest.csv), by path: its domain, patient and class under the run's task
+    assert row["domain"] == "400x" and row["label"] == name.split("_")[2].split("-")[0] and row["patient"] in name
 
     renamed = tmp_path / "my scan.png"
     shutil.copy(own["paths"][0], renamed)
     out = tmp_path / "one.parquet"
     assert embed.main([str(run_dir), str(renamed), "--out", str(out), "--device", "cpu"]) == 0
     _, t, v = embed.read_embeddings(out)
-    assert t.loc[0, ["malignancy", "tumor_type", "patient", "seq"]].isna().all() and pd.isna(t.loc[0, "magnification"])
+    assert t.loc[0, ["domain", "patient", "label"]].isna().all()  # not in the run's table, no BreaKHis name
     i = table.index[table["path"] == str(own["paths"][0].resolve())][0]
     torch.testing.assert_close(torch.from_numpy(v["embeddings"][0]), torch.from_numpy(vectors["embeddings"][i]))
     torch.testing.assert_close(torch.from_numpy(vectors["features"][i]), own["features"][0], atol=1e-5, rtol=1e-5)
@@ -133,7 +134,7 @@ def test_search_index_and_query_write_csv_and_page(run_dir: Path, own: dict, emb
             assert figures[0]["css"] == "query-image" and figures[0]["path"] == str(Path(q).resolve())
             hits = figures[1:]
             assert len(hits) == 4 and all(f["src"].startswith("data:image/jpeg;base64,") for f in figures)
-            assert all({"rank", "distance", "class", "magnification", "patient"} <= set(f) for f in hits)
+            assert all({"rank", "distance", "class", "domain", "patient"} <= set(f) for f in hits)
             distances = [float(f["distance"]) for f in hits]
             assert distances == sorted(distances)
             own_patient = pd.read_parquet(index / "archive.parquet").set_index("path").loc[str(Path(q).resolve()), "patient"]
