@@ -1,0 +1,132 @@
+"""Opening a whole-slide image through tiffslide or OpenSlide, and its µm per pixel from the file itself.
+
+µm/px comes from the slide, never from an objective power: the reader's `mpp-x/y` (tiffslide or OpenSlide,
+which read Aperio's `MPP` and the TIFF resolution tags), Aperio's `MPP`, then the TIFF resolution tags read
+here (centimetres, inches, millimetres or micrometres), else None (the caller refuses the slide or takes
+--slide-mpp). Readers read level pixels, so a level's own downsample (4.0001…) never shifts a patch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+READERS: tuple[str, ...] = ("tiffslide", "openslide")
+_MPP_KEYS: tuple[tuple[str, str], ...] = (
+    ("tiffslide.mpp-x", "tiffslide.mpp-y"),
+    ("openslide.mpp-x", "openslide.mpp-y"),
+    ("aperio.MPP", "aperio.MPP"),
+)
+# µm per unit of TIFF ResolutionUnit: 2 inch, 3 centimetre; 4 millimetre and 5 micrometre (tifffile's extension)
+_UM_PER_UNIT: dict[int, float] = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def mpp_from_properties(props: Mapping[str, Any]) -> float | None:
+    """µm/px (mean of x and y) from a reader's properties, or None."""
+    for kx, ky in _MPP_KEYS:
+        x, y = _positive(props.get(kx)), _positive(props.get(ky))
+        if x and y:
+            return (x + y) / 2
+    return None
+
+
+def mpp_from_tiff_tags(path: str | Path) -> float | None:
+    """µm/px from the first page's XResolution/YResolution and ResolutionUnit, or None (no unit, not a TIFF)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages.first.tags
+            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+            xr, yr = tags.get("XResolution"), tags.get("YResolution")
+            if unit not in _UM_PER_UNIT or xr is None or yr is None:
+                return None
+            per = [_positive(t.value[0] / t.value[1]) if isinstance(t.value, tuple) else _positive(t.value) for t in (xr, yr)]
+    except Exception:  # not a TIFF, or one tifffile cannot parse: no mpp from tags
+        return None
+    if not all(per):
+        return None
+    return (_UM_PER_UNIT[unit] / per[0] + _UM_PER_UNIT[unit] / per[1]) / 2
+
+
+@dataclass
+class Slide:
+    """An open slide: level sizes (w, h) and µm/px of the base level (None: the file does not say)."""
+
+    path: Path
+    reader: str
+    handle: Any
+    level_dimensions: tuple[tuple[int, int], ...]
+    mpp: float | None
+
+    def level_downsample(self, level: int) -> float:
+        """The level's downsample from its size (x and y averaged): exact, whatever the reader rounds."""
+        (w0, h0), (w, h) = self.level_dimensions[0], self.level_dimensions[level]
+        return (w0 / w + h0 / h) / 2
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of level pixels [x, x+w) × [y, y+h); outside the level reads as white."""
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+        out = np.full((h, w, 3), 255, np.uint8)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        ds = self.handle.level_downsamples[level]
+        if self.reader == "tiffslide":
+            # tiffslide maps level 0 to level pixels by int(loc / downsample): pick loc so that gives exactly x0
+            loc = [_base_coordinate(v, ds) for v in (x0, y0)]
+            arr = self.handle.read_region(loc, level, (x1 - x0, y1 - y0), as_array=True, padding=False)
+        else:
+            rgba = self.handle.read_region((round(x0 * ds), round(y0 * ds)), level, (x1 - x0, y1 - y0))
+            arr = np.asarray(rgba.convert("RGB"))
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = arr[..., :3]
+        return out
+
+    def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
+        """The coarsest level not smaller than max_side (or the coarsest), and its downsample."""
+        level = len(self.level_dimensions) - 1
+        while level > 0 and max(self.level_dimensions[level]) < max_side:
+            level -= 1
+        w, h = self.level_dimensions[level]
+        return self.read(level, 0, 0, w, h), self.level_downsample(level)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _base_coordinate(v: int, ds: float) -> int:
+    loc = math.floor(v * ds)
+    while int(loc / ds) < v:
+        loc += 1
+    return loc
+
+
+def open_slide(path: str | Path, reader: str = "tiffslide") -> Slide:
+    """Open `path` with `reader`; raises OSError-like exceptions on an unreadable file (the caller skips it)."""
+    path = Path(path)
+    if reader == "tiffslide":
+        import tiffslide
+
+        handle = tiffslide.TiffSlide(path)
+    elif reader == "openslide":
+        import openslide
+
+        handle = openslide.OpenSlide(str(path))
+    else:
+        raise ValueError(f"--reader {reader}: expected one of {', '.join(READERS)}")
+    mpp = mpp_from_properties(handle.properties) or mpp_from_tiff_tags(path)
+    dims = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
+    return Slide(path=path, reader=reader, handle=handle, level_dimensions=dims, mpp=mpp)
