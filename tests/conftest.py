@@ -117,3 +117,33 @@ def no_weight_downloads(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytes
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+# -- whole slides (issue 28): pyramidal TIFFs of the synthetic tissue, tiled once per session ---------------------
+WSI_MPPS = ("2", "1", "0.5", "0.25")
+
+
+@pytest.fixture(scope="session")
+def wsi_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 slides of 512 px at 0.25 µm/px, 4 levels (slide001 with an Aperio description), GeoJSON beside each,
+    slides.csv (slide, patient, site)."""
+    pytest.importorskip("tiffslide", reason="the wsi extra (pip install -e '.[wsi]') is not installed")
+    from masf_lightning.data.synthetic.wsi import write_wsi
+
+    folder = tmp_path_factory.mktemp("wsi")
+    for p in range(4):
+        write_wsi(folder / f"slide{p:03d}.tif", 512, patient=p, aperio=p == 1)
+    (folder / "slides.csv").write_text("slide,patient,site\n" + "".join(f"slide{p:03d}.tif,P{p},s{p % 2}\n" for p in range(4)))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def wsi_tiled(wsi_slides: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The slides tiled at 2/1/0.5/0.25 µm/px, 16 px patches, labelled by their GeoJSON and slides.csv."""
+    from masf_lightning.data.tile.__main__ import main
+
+    out = tmp_path_factory.mktemp("tiled")
+    args = [str(wsi_slides), "--out", str(out), "--size", "16", "--mpp", *WSI_MPPS, "--annotations", "--labels",
+            str(wsi_slides / "slides.csv"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    return out

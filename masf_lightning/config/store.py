@@ -14,7 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from masf_lightning.config.hparams import BY_NAME, value
-from masf_lightning.data.breakhis import DOMAINS as MAGNIFICATIONS  # the transfer map's +train_on=<m> options
+from masf_lightning.data.breakhis import DOMAINS as MAGNIFICATIONS
+from masf_lightning.data.sources import sole_label_column  # the transfer map's +train_on=<m> options
 
 # BreaKHis's (and the synthetic copy's) domains; with another table train on one domain with
 # data.sources=[<domain>] target=<another>.
@@ -68,6 +69,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("hparam", _hparam, replace=True, use_cache=False)
     OmegaConf.register_new_resolver("hparams_dir", hparams_dir, replace=True)
     OmegaConf.register_new_resolver("min", smaller, replace=True)  # `val_every: ${min:50,${steps}}`
+    OmegaConf.register_new_resolver("label_column", sole_label_column, replace=True)  # data=manifest's default task
     OmegaConf.register_new_resolver("not", lambda x: not x, replace=True)  # `benchmark: ${not:${trainer.deterministic}}`
     # conf/train.yaml's `- hparams: registry`: one `KEY: ${hparam:KEY}` per registry entry, so overriding
     # `hparams.KEY=...` on the command line replaces the registry's value and nothing else.

@@ -6,6 +6,7 @@ are stat-ed, never decoded here: decoding happens once, in the tensor cache. Tor
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -77,6 +78,30 @@ def read_manifest(
     frame["path"] = frame["path"].map(lambda p: Path(p).as_posix())
     frame = _check_files(frame, path.parent, str(path), on_bad_file)
     return DatasetTable(frame=frame, root=path.parent, domains=order_domains(frame, domains), name=str(path))
+
+
+def sole_label_column(manifest: Any) -> str:
+    """`${label_column:${data.manifest}}` (data=manifest's default task): the table's one label column, so a table
+    with a single one (the tiler's) trains without task=; "???" when it has none or several, or cannot be read
+    (the config check then asks for task=, listing them)."""
+    path = Path(str(manifest))
+    if not path.is_file():
+        return "???"
+    try:
+        st = path.stat()
+        return _sole_label_column(str(path), st.st_mtime_ns, st.st_size)
+    except Exception:  # read_manifest names what is wrong with the file when the run opens it
+        return "???"
+
+
+@functools.lru_cache(maxsize=8)
+def _sole_label_column(path: str, mtime_ns: int, size: int) -> str:
+    if Path(path).suffix.lower() in (".parquet", ".pq"):
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path, nrows=10_000)
+    columns = DatasetTable(frame=frame, root=Path(path).parent, domains=(), name=path).label_columns
+    return columns[0] if len(columns) == 1 else "???"
 
 
 def index_folder(
