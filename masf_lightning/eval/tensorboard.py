@@ -16,6 +16,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from masf_lightning.eval.embeddings import collect
+from masf_lightning.eval.mpp_curve import curve_figure, curve_rows
 from masf_lightning.eval.plots import confusion_figure, reliability_figure
 
 # Custom Scalars layout: category → chart → ("Multiline", tag regexes); shown in this order.
@@ -69,6 +70,9 @@ def log_evaluation(writer: Any, module: torch.nn.Module, dm: Any, metrics: Mappi
     writer.add_figure("test/target_confusion", confusion_figure(metrics["target_test_confusion"], dm.class_names, what), global_step=step)
     writer.add_figure("test/target_reliability", reliability_figure(metrics["target_test_reliability"], metrics["target_test_ece"], what), global_step=step)
     writer.add_text("test/metrics", evaluation_table(metrics), global_step=step)
+    if len(metrics.get("mpp_by_domain") or {}) >= 3:  # a table of resolutions: accuracy along the µm/px axis
+        rows = curve_rows([metrics])
+        writer.add_figure("test/accuracy_vs_mpp", curve_figure(rows, title=f"{what.rsplit(' · ', 1)[0]}"), global_step=step)
     hp = {
         "method": cfg.method.name, "task": cfg.task, "target": dm.target, "sources": ",".join(dm.sources), "seed": cfg.seed,
         "backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "steps": cfg.steps, "protocol": cfg.split.protocol, "selection": cfg.selection,

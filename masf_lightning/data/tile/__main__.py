@@ -16,7 +16,7 @@ from pathlib import Path
 
 from masf_lightning.data.tile.labels import SLIDE_SUFFIXES, read_slide_table
 from masf_lightning.data.tile.slides import READERS
-from masf_lightning.data.tile.writer import TileJob, check_settings, tile_slide, write_manifest
+from masf_lightning.data.tile.writer import TileJob, check_settings, init_worker, tile_slide, write_manifest
 from masf_lightning.errors import ConfigError, MasfError
 
 BESIDE = "beside each slide"  # --annotations without a folder
@@ -106,12 +106,6 @@ def _settings(args: argparse.Namespace) -> dict:
     return out
 
 
-def _init_worker(lock) -> None:  # noqa: ANN001 (tqdm's lock)
-    from tqdm.auto import tqdm
-
-    tqdm.set_lock(lock)
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -141,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
         overall.update()
 
     if workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(tqdm.get_lock(),)) as pool:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a parent that may hold threads (torch, tqdm's monitor)
+        lock = ctx.RLock()
+        tqdm.set_lock(lock)
+        with ctx.Pool(workers, initializer=init_worker, initargs=(lock,)) as pool:
             for result in pool.imap_unordered(tile_slide, jobs):
                 report(result)
     else:

@@ -85,6 +85,13 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     path.write_text(json.dumps(settings, indent=1, sort_keys=True))
 
 
+def init_worker(lock: Any) -> None:
+    """A --workers process: its per-slide bars share the parent's lock (no garbled lines)."""
+    from tqdm.auto import tqdm
+
+    tqdm.set_lock(lock)
+
+
 def tile_slide(job: TileJob) -> SlideResult:
     """Tile one slide (or find it done); any failure to read it is a `skipped` result, never an exception."""
     result = SlideResult(job.name)
