@@ -180,6 +180,16 @@ def main() -> None:
         report["manifest"] = bench_manifest(10_000 if args.quick else 100_000)
         print(f"manifest check  {report['manifest']['rows']:,} rows in {report['manifest']['seconds']:.2f} s (goal ≤ 10 s)")
 
+    if not (args.no_data or args.search_only or args.foundation_only or args.quick):
+        try:
+            from bench_tile import bench_tile, report_line
+        except ImportError as exc:  # the wsi extra is optional
+            print(f"slide tiling skipped: {exc} (pip install -e '.[wsi]')")
+        else:
+            print("whole slides: tiling 2 pyramids at 4 µm/px against a naive reader …", flush=True)
+            report["tile"] = bench_tile()
+            print(report_line(report["tile"]))
+
     by_key = {v.key: v for v in variants}
     for key in filter(None, args.profile.split(",")):
         print(f"profiling one {key} {specs[-1].name} step …", flush=True)

@@ -92,13 +92,18 @@ def write_wsi(
     levels: int = 4,
     aperio: bool = False,
     quality: int = 90,
+    repeat: int = 1,
 ) -> Path:
-    """A pyramidal JPEG-tiled TIFF at `path` (levels 2× apart) and its GeoJSON beside it (`<stem>.geojson`)."""
+    """A pyramidal JPEG-tiled TIFF at `path` (levels 2× apart) and its GeoJSON beside it (`<stem>.geojson`).
+    `repeat` > 1: a large slide quickly (benchmarks), the base rendered at size / repeat and tiled repeat × repeat
+    (the GeoJSON then outlines the first copy only)."""
     import tifffile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    base, geojson, _, _ = render_wsi(size, seed=seed, patient=patient, mpp=mpp or 0.25)
+    base, geojson, _, _ = render_wsi(size // repeat, seed=seed, patient=patient, mpp=mpp or 0.25)
+    base = np.tile(base, (repeat, repeat, 1)) if repeat > 1 else base
+    size = base.shape[0]
     pyramid = [base]
     for _ in range(levels - 1):
         im = Image.fromarray(pyramid[-1])

@@ -9,8 +9,9 @@ here (centimetres, inches, millimetres or micrometres), else None (the caller re
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,45 @@ def mpp_from_tiff_tags(path: str | Path) -> float | None:
     return (_UM_PER_UNIT[unit] / per[0] + _UM_PER_UNIT[unit] / per[1]) / 2
 
 
+class TileCache:
+    """One tiled TIFF page's tiles, decoded on demand by tifffile and kept (least recently used out)."""
+
+    def __init__(self, tif: Any, page: Any, capacity: int = 384) -> None:
+        self.tif, self.page, self.capacity = tif, page, capacity
+        self.tw, self.th = int(page.tilewidth), int(page.tilelength)
+        self.across = -(-int(page.shape[1]) // self.tw)
+        self.tiles: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def tile(self, tx: int, ty: int) -> np.ndarray:
+        index = ty * self.across + tx
+        hit = self.tiles.get(index)
+        if hit is not None:
+            self.tiles.move_to_end(index)
+            return hit
+        offset, count = int(self.page.dataoffsets[index]), int(self.page.databytecounts[index])
+        if count == 0:  # a tile the scanner did not write: white
+            arr = np.full((self.th, self.tw, 3), 255, np.uint8)
+        else:
+            decode = self.page.decode  # first: building it reads tags, moving the file position
+            fh = self.tif.filehandle
+            fh.seek(offset)
+            arr = decode(fh.read(count), index)[0].reshape(self.th, self.tw, 3)
+        self.tiles[index] = arr
+        if len(self.tiles) > self.capacity:
+            self.tiles.popitem(last=False)
+        return arr
+
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Level pixels [x0, x1) × [y0, y1), inside the level."""
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        for ty in range(y0 // self.th, (y1 - 1) // self.th + 1):
+            for tx in range(x0 // self.tw, (x1 - 1) // self.tw + 1):
+                ax0, ay0 = tx * self.tw, ty * self.th
+                cx0, cy0, cx1, cy1 = max(x0, ax0), max(y0, ay0), min(x1, ax0 + self.tw), min(y1, ay0 + self.th)
+                out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self.tile(tx, ty)[cy0 - ay0 : cy1 - ay0, cx0 - ax0 : cx1 - ax0]
+        return out
+
+
 @dataclass
 class Slide:
     """An open slide: level sizes (w, h) and µm/px of the base level (None: the file does not say)."""
@@ -71,6 +111,8 @@ class Slide:
     handle: Any
     level_dimensions: tuple[tuple[int, int], ...]
     mpp: float | None
+    _caches: dict[int, TileCache | None] = field(default_factory=dict)
+    _tif: Any = None
 
     def level_downsample(self, level: int) -> float:
         """The level's downsample from its size (x and y averaged): exact, whatever the reader rounds."""
@@ -84,6 +126,10 @@ class Slide:
         out = np.full((h, w, 3), 255, np.uint8)
         if x1 <= x0 or y1 <= y0:
             return out
+        tiles = self._tiles(level)
+        if tiles is not None:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = tiles.read(x0, y0, x1, y1)
+            return out
         ds = self.handle.level_downsamples[level]
         if self.reader == "tiffslide":
             # tiffslide maps level 0 to level pixels by int(loc / downsample): pick loc so that gives exactly x0
@@ -95,6 +141,27 @@ class Slide:
         out[y0 - y : y1 - y, x0 - x : x1 - x] = arr[..., :3]
         return out
 
+    def _tiles(self, level: int) -> TileCache | None:
+        """tiffslide's level as JPEG/other tiles decoded by tifffile and kept (overlapping regions share them);
+        None where the level is not a plain tiled RGB page (tiffslide's read_region then)."""
+        if self.reader != "tiffslide":
+            return None
+        if level not in self._caches:
+            self._caches[level] = None
+            try:
+                import tifffile
+
+                self._tif = self._tif or tifffile.TiffFile(self.path)  # its own file handle, positioned by us alone
+                tif = self._tif
+                page = tif.series[int(self.handle.properties.get("tiffslide.series-index", 0))].levels[level].pages[0]
+                plain = page.is_tiled and page.planarconfig == 1 and page.dtype == np.uint8 and page.shape[-1] == 3
+                plain = plain and page.imagedepth == 1 and tuple(page.shape[:2][::-1]) == self.level_dimensions[level]
+                if plain:
+                    self._caches[level] = TileCache(tif, page)
+            except Exception:  # any layout this fast path does not know: tiffslide's own reading
+                self._caches[level] = None
+        return self._caches[level]
+
     def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
         """The coarsest level not smaller than max_side (or the coarsest), and its downsample."""
         level = len(self.level_dimensions) - 1
@@ -105,6 +172,8 @@ class Slide:
 
     def close(self) -> None:
         self.handle.close()
+        if self._tif is not None:
+            self._tif.close()
 
 
 def _base_coordinate(v: int, ds: float) -> int:
