@@ -7,7 +7,7 @@ BREAKHIS ?=
 SEEDS    ?= 0,1,2
 TARGETS  := 40x,100x,200x,400x
 
-.PHONY: help install train test lint bench gpu-check demo data weights table1 table2 fig2 reproduce transfer tensorboard clean
+.PHONY: help install train test lint bench gpu-check demo data weights table1 table2 fig2 reproduce transfer mpp-curve tensorboard clean
 
 help:
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -83,6 +83,19 @@ transfer: install ## magnification transfer map (train x test accuracy heatmap):
 	$(PY) experiments/plot_transfer.py $(TRANSFER_DIR) --out $(TRANSFER_OUT)
 	$(PY) experiments/collect.py $(TRANSFER_DIR) --out $(TRANSFER_OUT)_tables
 	@echo "transfer map: $(TRANSFER_OUT).png (.pdf, .md, .csv); every metric: $(TRANSFER_OUT)_tables.md; runs in $(TRANSFER_DIR)/"
+
+MPP_CURVE_DIR    ?= multirun/mpp_curve
+MPP_CURVE_MPPS   ?= 2.83 2 1.41 1 0.71 0.5 0.35 0.25
+MPP_CURVE_TRAIN  ?= [2mpp,1mpp,0.5mpp]
+MPP_CURVE_TARGET ?= 0.25mpp
+TILE_ARGS        ?= --annotations
+
+mpp-curve: install ## accuracy along the µm/px axis: SLIDES=DIR → tiles at 8 µm/px → DeepAll, MASF on 0.5/1/2 µm/px x SEEDS → curve (TILE_ARGS=, ARGS=)
+	@test -n "$(SLIDES)" || { echo "error: pass SLIDES=DIR (whole slides; python -m masf_lightning.data.synthetic.wsi DIR writes some)" >&2; exit 2; }
+	$(PY) -m masf_lightning.data.tile $(SLIDES) --out $(MPP_CURVE_DIR)/tiles --mpp $(MPP_CURVE_MPPS) --workers 2 $(TILE_ARGS)
+	$(PY) train.py -m data=manifest data.manifest=$(MPP_CURVE_DIR)/tiles/manifest.csv target=$(MPP_CURVE_TARGET) 'data.sources=$(MPP_CURVE_TRAIN)' method=deepall,masf seed=$(SEEDS) progress=false hydra.sweep.dir=$(MPP_CURVE_DIR)/runs $(ARGS)
+	$(PY) experiments/plot_mpp_curve.py $(MPP_CURVE_DIR)/runs --out results/mpp_curve
+	@echo "curve: results/mpp_curve.png (.pdf, .csv, _summary.csv); tiles and thumbnails in $(MPP_CURVE_DIR)/tiles, runs in $(MPP_CURVE_DIR)/runs"
 
 tensorboard: install ## watch runs in outputs/ and multirun/
 	$(VENV)/bin/tensorboard --logdir . --reload_multifile true
