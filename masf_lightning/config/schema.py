@@ -204,6 +204,7 @@ class Card:
     mean: list[float] = rule(length=3, ge=0, le=1)
     std: list[float] = rule(length=3, gt=0, le=1)
     magnifications: list[str] = rule(min_length=1)
+    mpp: list[float] = rule(min_length=1, gt=0)  # the pretraining tiles' µm per pixel: which tiled resolution matches
     licence: str = rule()
     gated: bool = rule()
     page: str = rule()

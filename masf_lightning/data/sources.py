@@ -22,7 +22,8 @@ from masf_lightning.data.table import DatasetTable, check_frame, order_domains
 from masf_lightning.errors import ConfigError, DataError
 
 SHOWN = 3  # bad paths named in an error, before "and N more"
-FOLDER_LABEL = "class"  # the label column of a `DIR/<domain>/<class>/<image>` folder
+FOLDER_LABEL = "class"
+TASK_NOT_SET = "(not set: pass task=<label column>)"  # data=manifest's task when the table has several label columns  # the label column of a `DIR/<domain>/<class>/<image>` folder
 
 
 def image_extensions() -> frozenset[str]:
@@ -82,16 +83,16 @@ def read_manifest(
 
 def sole_label_column(manifest: Any) -> str:
     """`${label_column:${data.manifest}}` (data=manifest's default task): the table's one label column, so a table
-    with a single one (the tiler's) trains without task=; "???" when it has none or several, or cannot be read
-    (the config check then asks for task=, listing them)."""
+    with a single one (the tiler's) trains without task=; else a placeholder the dataset check refuses in one line
+    listing the label columns (a task= on the command line replaces it)."""
     path = Path(str(manifest))
     if not path.is_file():
-        return "???"
+        return TASK_NOT_SET
     try:
         st = path.stat()
         return _sole_label_column(str(path), st.st_mtime_ns, st.st_size)
     except Exception:  # read_manifest names what is wrong with the file when the run opens it
-        return "???"
+        return TASK_NOT_SET
 
 
 @functools.lru_cache(maxsize=8)
@@ -101,7 +102,7 @@ def _sole_label_column(path: str, mtime_ns: int, size: int) -> str:
     else:
         frame = pd.read_csv(path, nrows=10_000)
     columns = DatasetTable(frame=frame, root=Path(path).parent, domains=(), name=path).label_columns
-    return columns[0] if len(columns) == 1 else "???"
+    return columns[0] if len(columns) == 1 else TASK_NOT_SET
 
 
 def index_folder(
