@@ -149,13 +149,31 @@ def test_killed_run_resumes_to_the_same_manifest(wsi_slides: Path, wsi_tiled: Pa
     kept = {p: p.stat().st_mtime_ns for p in (out / "patches" / "slide000").rglob("*.png")}
     args = [str(wsi_slides), "--out", str(out), "--size", "16", "--mpp", *WSI_MPPS, "--annotations", "--labels",
             str(wsi_slides / "slides.csv"), "--no-progress"]  # fmt: skip
-    assert main(args) == 0
+    assert main([*args, "--workers", "2"]) == 0  # the re-run in worker processes, as a user's long run
     assert (out / "manifest.csv").read_bytes() == (wsi_tiled / "manifest.csv").read_bytes()
     assert not (out / "patches" / "slide002" / "1mpp" / "stray.png").exists()
     assert {p: p.stat().st_mtime_ns for p in (out / "patches" / "slide000").rglob("*.png")} == kept
     for rel in pd.read_csv(out / "manifest.csv")["path"]:
         assert (out / rel).read_bytes() == (wsi_tiled / rel).read_bytes()
     assert main([*args[:3], "--size", "32", "--no-progress"]) == 2  # other settings into the same folder: refused
+
+
+def test_non_integer_level_downsamples(tmp_path: Path) -> None:
+    """A 521 px base gives levels of 261, 131 and 66 px (downsamples 1.996, 3.977, 7.894): each level's µm/px comes
+    from its own size, so patches read from it stay concentric with the finer ones."""
+    from masf_lightning.data.synthetic.wsi import write_wsi
+    from masf_lightning.data.tile.grid import plan_levels, read_patches
+    from masf_lightning.data.tile.slides import open_slide
+
+    slide = open_slide(write_wsi(tmp_path / "odd.tif", 521, patient=2))
+    assert [d for d in slide.level_dimensions] == [(521, 521), (261, 261), (131, 131), (66, 66)]
+    assert slide.level_downsample(3) == pytest.approx(521 / 66)
+    plan = plan_levels(slide, 0.25, (2.0, 1.0), 0.02)
+    assert plan == {2.0: 3, 1.0: 2}  # levels of 1.974 and 0.994 µm/px: each reduced a little (never enlarged)
+    patches = read_patches(slide, 0.25, plan, 264, 256, 16)
+    small = np.asarray(Image.fromarray(patches[1.0]).reduce(2)).astype(np.float64)
+    assert np.abs(small - patches[2.0][4:12, 4:12].astype(np.float64)).mean() < 8
+    slide.close()
 
 
 def test_mpp_read_from_every_source(tmp_path: Path) -> None:

@@ -51,3 +51,11 @@ def test_tiled_manifest_trains_and_evaluates_every_resolution(wsi_tiled: Path, t
     assert m["task"] == "annotation" and m["classes"] == ["benign", "malignant"]
     assert m["sources"] == ["2mpp", "1mpp", "0.5mpp"] and set(m["test_acc_by_domain"]) == {"2mpp", "1mpp", "0.5mpp", "0.25mpp"}
     assert m["mpp_by_domain"] == {"2mpp": 2.0, "1mpp": 1.0, "0.5mpp": 0.5, "0.25mpp": 0.25}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = set()
+    for events in (run / "tb").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc.Reload()
+        images |= set(acc.Tags()["images"])
+    assert "test/accuracy_vs_mpp" in images  # the run's own curve in TensorBoard
