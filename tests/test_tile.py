@@ -187,3 +187,22 @@ def test_mpp_read_from_every_source(tmp_path: Path) -> None:
     assert mpp_from_properties({"aperio.MPP": "0.2527"}) == 0.2527
     assert mpp_from_properties({"openslide.mpp-x": "0.5", "openslide.mpp-y": "0.7"}) == pytest.approx(0.6)
     assert mpp_from_properties({"openslide.objective-power": "40"}) is None  # never from the objective power
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["/nonexistent/slides"], "/nonexistent/slides: no such file or folder"),
+        (["SLIDES", "--labels", "/nonexistent.csv"], "--labels /nonexistent.csv: no such file"),
+        (["SLIDES", "--mpp", "0", "1"], "--mpp 0.0 1.0: every value must be > 0"),
+        (["SLIDES", "--min-tissue", "2"], "--min-tissue 2.0: must be in [0, 1]"),
+    ],
+    ids=["slides", "labels", "mpp", "min-tissue"],
+)
+def test_bad_arguments_are_one_line_exit_2_and_nothing_written(
+    wsi_slides: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    args = [str(wsi_slides) if a == "SLIDES" else a for a in args]
+    assert main([*args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {needle}"] and not (tmp_path / "out").exists()

@@ -61,6 +61,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             raise ConfigError(f"{key} {value}: must be at least 1")
     if any(m <= 0 for m in args.mpp):
         raise ConfigError(f"--mpp {' '.join(map(str, args.mpp))}: every value must be > 0")
+    if args.labels is not None and not args.labels.is_file():
+        raise ConfigError(f"--labels {args.labels}: no such file")
     if not 0 <= args.min_tissue <= 1:
         raise ConfigError(f"--min-tissue {args.min_tissue}: must be in [0, 1]")
     return args
