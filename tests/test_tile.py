@@ -206,3 +206,14 @@ def test_bad_arguments_are_one_line_exit_2_and_nothing_written(
     assert main([*args, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {needle}"] and not (tmp_path / "out").exists()
+
+
+def test_max_per_slide_is_a_seeded_draw(wsi_slides: Path, tmp_path: Path) -> None:
+    common = [str(wsi_slides / "slide000.tif"), "--size", "16", "--mpp", "1", "--min-tissue", "0", "--no-progress"]
+    frames = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert main([*common, "--out", str(tmp_path / name), "--max-per-slide", "5", "--seed", seed]) == 0
+        frames.append(pd.read_csv(tmp_path / name / "manifest.csv"))
+    assert len(frames[0]) == 5 and frames[0].equals(frames[1])  # the same seed, the same regions in the same order
+    assert not frames[0][["x", "y"]].equals(frames[2][["x", "y"]])  # another seed, another draw
+    assert list(frames[0].sort_values(["y", "x"]).index) == list(frames[0].index)  # kept in row-major order
