@@ -14,10 +14,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from masf_lightning.config.hparams import BY_NAME, value
-from masf_lightning.data.breakhis import DOMAINS as MAGNIFICATIONS
-from masf_lightning.data.sources import sole_label_column  # the transfer map's +train_on=<m> options
+from masf_lightning.data.breakhis import DOMAINS as MAGNIFICATIONS  # the transfer map's +train_on=<m> options
+from masf_lightning.data.sources import sole_label_column
 
-# BreaKHis's (and the synthetic copy's) domains; with another table train on one domain with
+# +train_on=<m> covers BreaKHis's (and the synthetic copy's) domains; with another table train on one domain with
 # data.sources=[<domain>] target=<another>.
 
 

@@ -22,8 +22,8 @@ from masf_lightning.data.table import DatasetTable, check_frame, order_domains
 from masf_lightning.errors import ConfigError, DataError
 
 SHOWN = 3  # bad paths named in an error, before "and N more"
-FOLDER_LABEL = "class"
-TASK_NOT_SET = "(not set: pass task=<label column>)"  # data=manifest's task when the table has several label columns  # the label column of a `DIR/<domain>/<class>/<image>` folder
+FOLDER_LABEL = "class"  # the label column of a `DIR/<domain>/<class>/<image>` folder
+TASK_NOT_SET = "(not set: pass task=<label column>)"  # data=manifest's task when the table has several label columns
 
 
 def image_extensions() -> frozenset[str]:
