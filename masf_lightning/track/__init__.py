@@ -36,7 +36,7 @@ def grouping(run_dir: Path) -> tuple[str | None, str]:
 def send_identity(loggers: Sequence[Logger], identity: Mapping[str, Any]) -> None:
     """At start: what the run is (tags) and its hyperparameters (params), so a tracker lists it while it trains."""
     for t in trackers(loggers):
-        t.send_identity(record.tags(identity), record.params(identity))
+        t.send_identity(record.identity(identity), record.params(identity))
 
 
 def send_finished(loggers: Sequence[Logger], run_dir: Path, metrics: Mapping[str, Any], step: int, checkpoints: bool) -> None:

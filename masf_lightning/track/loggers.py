@@ -8,6 +8,7 @@ it afterwards. Each tracker also takes the run's identity at start and its resul
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -18,12 +19,23 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
 
 from masf_lightning.eval.tensorboard import TrainingLogger
+from masf_lightning.track import record
 
 DEFAULT_EXPERIMENT = "masf-lightning"  # a single run's MLflow experiment / W&B group when the config names none
 PROBE_TIMEOUT_S = 3.0
 # The MLflow client retries a failed request 7 times with exponential backoff (minutes); a training run waits
 # on each logging call, so fewer and shorter, unless the user's environment says otherwise.
-MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# No progress bar per artifact either: a few small files each run.
+MLFLOW_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}  # fmt: skip
+
+
+def mlflow_client_env() -> None:
+    """MLFLOW_CLIENT_ENV where the user's environment does not say otherwise (the client reads it per request)."""
+    for key, value in MLFLOW_CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def warn(message: str) -> None:
@@ -53,16 +65,19 @@ class Tracker:
             return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self._guard("logging", super().log_metrics, metrics, step)  # type: ignore[misc]
+        # Lightning's constant `epoch` (episodic training has one) left out, as in TensorBoard
+        self._guard("logging", super().log_metrics, {k: v for k, v in metrics.items() if k != "epoch"}, step)  # type: ignore[misc]
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         self._guard("logging", super().log_hyperparams, params, *args, **kwargs)  # type: ignore[misc]
 
     def finalize(self, status: str) -> None:
-        self._guard("closing the run", super().finalize, status)  # type: ignore[misc]
+        """Lightning's end of fit; a successful run is closed after its evaluation is sent (`close`)."""
+        if status != "success":
+            self._guard("closing the run", super().finalize, status)  # type: ignore[misc]
 
-    def send_identity(self, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
-        self._guard("starting the run", self._send_identity, tags, params)
+    def send_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        self._guard("starting the run", self._send_identity, identity, params)
 
     def send_result(self, metrics: Mapping[str, float], step: int, files: Sequence[Path], root: Path) -> None:
         self._guard("sending the results", self._send_result, metrics, step, files, root)
@@ -70,7 +85,7 @@ class Tracker:
     def close(self) -> None:
         self._guard("closing the run", self._close)
 
-    def _send_identity(self, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
+    def _send_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
     def _send_result(self, metrics: Mapping[str, float], step: int, files: Sequence[Path], root: Path) -> None:
@@ -85,8 +100,8 @@ class MlflowTracker(Tracker, MLFlowLogger):
 
     kind = "mlflow"
 
-    def _send_identity(self, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
-        for key, value in tags.items():
+    def _send_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        for key, value in record.tags(identity).items():
             self.experiment.set_tag(self.run_id, key, value)
         MLFlowLogger.log_hyperparams(self, dict(params))
 
@@ -105,13 +120,15 @@ class WandbTracker(Tracker, WandbLogger):
 
     kind = "wandb"
 
-    def _send_identity(self, tags: Mapping[str, str], params: Mapping[str, Any]) -> None:
-        self.experiment.config.update({**tags, **params}, allow_val_change=True)
+    def _send_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        self.experiment.config.update({**identity, **params}, allow_val_change=True)
 
     def _send_result(self, metrics: Mapping[str, float], step: int, files: Sequence[Path], root: Path) -> None:
         self.experiment.summary.update(dict(metrics))
-        for f in files:
-            self.experiment.save(str(f), base_path=str(root), policy="now")
+        for f in files:  # the run's files folder is uploaded (or synced) when the run ends
+            dest = Path(self.experiment.dir) / f.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
 
     def _close(self) -> None:
         self.experiment.finish()
@@ -146,19 +163,22 @@ def wandb_mode(mode: str | None) -> str:
     return "online" if has_key else "offline"
 
 
+def experiment_name(options: Mapping[str, Any], group: str | None) -> str:
+    """MLflow's experiment: logger.mlflow.experiment_name, else the sweep's folder name, else the project's name."""
+    return str(options.get("experiment_name") or group or DEFAULT_EXPERIMENT)
+
+
 def tracker(kind: str, options: Mapping[str, Any], run_dir: Path, group: str | None, run_name: str) -> Tracker | None:
     """An MLflow or W&B logger for one run, or None (one warning line) when it cannot be had."""
     try:
         if kind == "mlflow":
-            for key, value in MLFLOW_CLIENT_ENV.items():
-                os.environ.setdefault(key, value)
+            mlflow_client_env()
             uri = mlflow_uri(str(options["tracking_uri"]))
             if (problem := probe(uri)) is not None:
                 warn(f"logger.mlflow.tracking_uri={uri}: no tracking server ({problem}); the run goes on without mlflow; "
                      f"send it later: python -m masf_lightning.track {run_dir} --to mlflow --tracking-uri {uri}")  # fmt: skip
                 return None
-            name = options.get("experiment_name") or group or DEFAULT_EXPERIMENT
-            return MlflowTracker(experiment_name=name, run_name=run_name, tracking_uri=uri, save_dir=None)
+            return MlflowTracker(experiment_name=experiment_name(options, group), run_name=run_name, tracking_uri=uri, save_dir=None)
         if kind == "wandb":
             return WandbTracker(
                 name=run_name, project=options.get("project"), entity=options.get("entity"), group=group or DEFAULT_EXPERIMENT,

@@ -40,14 +40,14 @@ def code_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def identity(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's identity keys of metrics.json (W&B config takes them as they are); absent ones left out."""
+    return {key: m[key] for key in IDENTITY if m.get(key) is not None}
+
+
 def tags(m: Mapping[str, Any]) -> dict[str, str]:
-    """The run's identity as strings (MLflow tags, W&B config): a list joined with commas; absent keys left out."""
-    out = {}
-    for key in IDENTITY:
-        v = m.get(key)
-        if v is not None:
-            out[key] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-    return out
+    """The identity as strings (MLflow tags): a list joined with commas."""
+    return {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for k, v in identity(m).items()}
 
 
 def params(m: Mapping[str, Any]) -> dict[str, Any]:
