@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m masf_lightning.track", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, metavar="RUN_DIR_OR_SWEEP")
     parser.add_argument("--to", required=True, choices=("mlflow", "wandb"))
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "./mlruns"), help="mlflow: server or store")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), help="mlflow: server or store")
     parser.add_argument("--experiment", help="mlflow: experiment name (default: the sweep folder's name)")
     parser.add_argument("--project", default="masf-lightning", help="wandb: project")
     parser.add_argument("--entity", help="wandb: entity")
