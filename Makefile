@@ -14,7 +14,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,sweep]'
+	$(PY) -m pip install -q -e '.[dev,sweep,track]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (idempotent)

@@ -300,6 +300,7 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     so collect.py lists the run as failed and a re-run sweep does not train the same divergence again.
     """
     started = time.time()
+    run_dir = Path(run_dir).absolute()  # Hydra gives an absolute one; a notebook may not
     run_dir.mkdir(parents=True, exist_ok=True)
     finished = claim_run_dir(cfg, run_dir)
     if finished is not None:
