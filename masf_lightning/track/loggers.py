@@ -52,6 +52,7 @@ class Tracker:
 
     kind = "?"
     down = False
+    resend = "RUN_DIR"  # the arguments of `python -m masf_lightning.track` that send this run later
 
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.down:
@@ -61,7 +62,7 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - any failure of a tracker must not end the run
             self.down = True
             warn(f"logger.{self.kind}: {what} failed ({_reason(exc)}); the run goes on without {self.kind}; "
-                 f"send it when it is back: python -m masf_lightning.track RUN_DIR --to {self.kind}")  # fmt: skip
+                 f"send it when it is back: python -m masf_lightning.track {self.resend}")  # fmt: skip
             return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -178,12 +179,16 @@ def tracker(kind: str, options: Mapping[str, Any], run_dir: Path, group: str | N
                 warn(f"logger.mlflow.tracking_uri={uri}: no tracking server ({problem}); the run goes on without mlflow; "
                      f"send it later: python -m masf_lightning.track {run_dir} --to mlflow --tracking-uri {uri}")  # fmt: skip
                 return None
-            return MlflowTracker(experiment_name=experiment_name(options, group), run_name=run_name, tracking_uri=uri, save_dir=None)
+            t: Tracker = MlflowTracker(experiment_name=experiment_name(options, group), run_name=run_name, tracking_uri=uri, save_dir=None)
+            t.resend = f"{run_dir} --to mlflow --tracking-uri {uri}"
+            return t
         if kind == "wandb":
-            return WandbTracker(
+            t = WandbTracker(
                 name=run_name, project=options.get("project"), entity=options.get("entity"), group=group or DEFAULT_EXPERIMENT,
                 save_dir=str(run_dir), mode=wandb_mode(options.get("mode")),
             )  # fmt: skip
+            t.resend = f"{run_dir} --to wandb --project {options.get('project')}"
+            return t
     except ModuleNotFoundError as exc:
         warn(f"logger.{kind}: {exc.name or kind} is not installed (pip install -e '.[track]'); the run goes on without {kind}")
         return None
