@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
@@ -157,9 +158,8 @@ class TrainProgressBar(TQDMProgressBar):
     """One bar for training; validation runs every few steps and gets no bars of its own."""
 
     def init_validation_tqdm(self):  # noqa: ANN201 - Lightning's signature
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
+        # disabled when made: a bar disabled after it was drawn left an empty `Validation: 0/?` line behind
+        return Tqdm(disable=True)
 
 
 def last_checkpoint_path(run_dir: Path) -> Path:
