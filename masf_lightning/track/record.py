@@ -24,6 +24,9 @@ IDENTITY = (
 NOT_METRICS = ("hparams", "classes", "domains", "mpp_by_domain", "selected_checkpoint", "failed")
 FIGURES_DIR = "figures"  # RUN/figures/*.png: the evaluation's figures, written by the pipeline
 ARTIFACTS = (METRICS_FILE, SPLIT_MANIFEST, RUN_CONFIG_FILE)
+# Fig. 2 below a run (experiments/plot_embeddings.py's default PREFIX): a t-SNE map made on demand, not by every run,
+# so a tracker gets it when it exists (a run sent with python -m masf_lightning.track after the script ran).
+EMBEDDING_PLOT = "fig2_embedding"
 
 
 @cache
@@ -74,6 +77,7 @@ def artifacts(run_dir: Path, checkpoints: bool = False) -> list[Path]:
     """The files a tracker keeps of a run: metrics.json, the split, the config, the figures; checkpoints if asked."""
     files = [run_dir / name for name in ARTIFACTS if (run_dir / name).is_file()]
     files += sorted((run_dir / FIGURES_DIR).glob("*.png"))
+    files += [p for p in [run_dir / f"{EMBEDDING_PLOT}.png"] if p.is_file()]
     if checkpoints:
         files += sorted((run_dir / "checkpoints").glob("*.ckpt"))
     return files
