@@ -288,8 +288,16 @@ def identity(cfg: DictConfig, dm: MagnificationDataModule) -> dict[str, Any]:
         domains=dm.domains,
         mpp_by_domain=dm.table.mpp() if dm.table is not None else {},
         commit=code_commit(),  # the code that ran (None outside a git checkout)
-        **({"averaging": cfg.averaging} if OmegaConf.select(cfg, "averaging", default=None) is not None else {}),
+        **_averaging(cfg),
     )
+
+
+def _averaging(cfg: DictConfig) -> dict[str, Any]:
+    """`averaging` (weight averaging) of the config where it has one: part of what a run is."""
+    value = OmegaConf.select(cfg, "averaging", default=None)
+    if value is None:
+        return {}
+    return {"averaging": OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value}
 
 
 def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[str, Any]:
