@@ -78,7 +78,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         wait_for(f"{uri}/health", timeout=120)
         sweep = base / "sweep"
         proc_sweep = run_train(
-            [*tiny_overrides(base / "data"), "-m", "method=masf,deepall", "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}", f"hydra.sweep.dir={sweep}"],
+            [*tiny_overrides(base / "data"), "-m", "method=masf,deepall", "logger=[tensorboard,csv,mlflow]", f"logger.mlflow.tracking_uri={uri}", f"hydra.sweep.dir={sweep}"],
             cwd=base, env={"WANDB_MODE": "offline"},
         )  # fmt: skip
         yield {"uri": uri, "base": base, "down": down, "proc_down": proc_down, "sweep": sweep, "proc_sweep": proc_sweep}
@@ -112,6 +112,8 @@ def test_sweep_reaches_the_server_params_metrics_artifacts(tracked: dict[str, An
         listed = {a.path for a in c.list_artifacts(run.info.run_id)} | {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
         assert {"metrics.json", "split_manifest.csv", "run_config.json", "figures/target_confusion.png", "figures/target_reliability.png"} <= listed
         assert not any(p.endswith(".ckpt") for p in listed), "checkpoints only with logger.log_checkpoints=true"
+        curves = (tracked["sweep"] / name / "csv" / "metrics.csv").read_text().splitlines()
+        assert "val/source_acc" in curves[0].split(",") and len(curves) > 1, "logger=csv: the curves as a table"
 
 
 def test_server_down_one_warning_run_finishes_then_sent(tracked: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
