@@ -14,7 +14,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,sweep,wsi]'
+	$(PY) -m pip install -q -e '.[dev,sweep,track,wsi]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (idempotent)

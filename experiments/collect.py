@@ -1,6 +1,7 @@
 """Tables 1 and 2 of the paper from finished runs, and a table per metric family, mean ± std over seeds.
 
     python experiments/collect.py multirun/ [more dirs...] [--out results/table] [--expect-seeds 3]
+    python experiments/collect.py --from-mlflow http://host:5000 --experiment demo   # the same, from a tracking server
 
 Reads every `metrics.json` below the given folders (masf_lightning/eval/results.py) and prints, per
 (task, protocol, selection, backbone, steps, data) group: target accuracy per (method, row) with the
@@ -41,7 +42,8 @@ from collect_cells import (  # noqa: E402
 )  # fmt: skip
 from collect_export import to_csv, to_latex  # noqa: E402
 
-from masf_lightning.eval.results import METRICS_FILE, find_runs  # noqa: E402
+from masf_lightning.errors import MasfError  # noqa: E402
+from masf_lightning.eval.results import METRICS_FILE, find_runs, runs_from_records  # noqa: E402
 from masf_lightning.eval.stats import power  # noqa: E402
 from masf_lightning.eval.tables import Table, build_tables  # noqa: E402
 from masf_lightning.io import write_text_atomic  # noqa: E402
@@ -141,14 +143,28 @@ def to_markdown(tables: Sequence[Table], orphans: Sequence[str]) -> str:
 # -- entry point --------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", metavar="DIR", help="folders searched recursively for run folders")
+    parser.add_argument("dirs", nargs="*", metavar="DIR", help="folders searched recursively for run folders")
+    parser.add_argument("--from-mlflow", metavar="URI", help="read the runs from this MLflow tracking server instead (with --experiment)")
+    parser.add_argument("--experiment", metavar="NAME", help="--from-mlflow: the experiment (a sweep's is named after its folder)")
     parser.add_argument("--out", metavar="PREFIX", help="also write PREFIX.md, PREFIX.csv and PREFIX.tex")
     parser.add_argument("--expect-seeds", type=int, metavar="N", help="list (method, target) cells with fewer than N seeds")
     args = parser.parse_args(argv)
 
-    runs = find_runs(args.dirs)
+    if bool(args.from_mlflow) == bool(args.dirs) or bool(args.from_mlflow) != bool(args.experiment):
+        parser.error("give run folders, or --from-mlflow URI --experiment NAME")
+    if args.from_mlflow:
+        from masf_lightning.track.mlflow_runs import read_experiment
+
+        try:
+            runs = runs_from_records(read_experiment(args.from_mlflow, args.experiment))
+        except MasfError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        where = f"experiment {args.experiment} of {args.from_mlflow}"
+    else:
+        runs, where = find_runs(args.dirs), ", ".join(args.dirs)
     if not any(r.status != "missing" for r in runs):
-        print(f"collect: no {METRICS_FILE} found under {', '.join(args.dirs)}", file=sys.stderr)
+        print(f"collect: no {METRICS_FILE} found under {where}", file=sys.stderr)
         return 1
     tables, orphans = build_tables(runs, args.expect_seeds)
     md = to_markdown(tables, orphans)

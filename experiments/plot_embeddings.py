@@ -36,6 +36,7 @@ from masf_lightning.eval.embeddings import collect  # noqa: E402
 from masf_lightning.eval.tensorboard import PROJECTOR_HEADER, projector_rows  # noqa: E402  (the training projector's columns)
 from masf_lightning.io import atomic_path  # noqa: E402
 from masf_lightning.runs import load_run  # noqa: E402
+from masf_lightning.track.record import EMBEDDING_PLOT  # noqa: E402  (what a tracker sends when it exists)
 
 PROJECTOR_DIR = "fig2_embedding"  # own TensorBoard run: rewriting tb/projector_config.pbtxt would hide the training one
 MAG_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a")
@@ -189,7 +190,7 @@ def plot_run(run_dir: Path, out: Path | None = None, method: str = "tsne", max_p
         f"test images of all magnifications (n={len(points)}) · {made_by} of {emb.space} · checkpoint step {run.step}"
     )
     fig = figure(points, emb, dm.class_names, title, dm.domains, str(cfg.task))
-    prefix = out or run_dir / "fig2_embedding"
+    prefix = out or run_dir / EMBEDDING_PLOT
     paths = {"png": prefix.with_name(prefix.name + ".png"), "pdf": prefix.with_name(prefix.name + ".pdf"),
              "csv": prefix.with_name(prefix.name + ".csv")}  # fmt: skip
     for fmt in ("png", "pdf"):

@@ -20,3 +20,4 @@ PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "16-true", "16-mixed", "bf16
               "64-true", "transformer-engine", "transformer-engine-float16")  # lightning_fabric's _PRECISION_INPUT  # fmt: skip
 SYNTHETIC_MIN_SIDE, SYNTHETIC_MAX_SIZE = 16, (700, 460)  # generated image sides: readable tissue to BreaKHis's own size
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+WANDB_MODES = ("online", "offline", "disabled")  # logger.wandb.mode: wandb.init's own modes (track/loggers.py)

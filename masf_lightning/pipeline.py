@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
@@ -23,11 +24,13 @@ from masf_lightning.config.hparams import of_method
 from masf_lightning.data.datamodule import MagnificationDataModule
 from masf_lightning.errors import ConfigError, DataError, MasfError, TrainingError
 from masf_lightning.eval.report import evaluate
-from masf_lightning.eval.tensorboard import TrainingLogger, log_evaluation
+from masf_lightning.eval.tensorboard import evaluation_figures, log_evaluation
 from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE, atomic_path, write_json_atomic
 from masf_lightning.models import Backbone
 from masf_lightning.relations import require_choice
 from masf_lightning.timing import PhaseTimer, phases
+from masf_lightning.track import build_loggers, grouping, send_finished, send_identity
+from masf_lightning.track.record import FIGURES_DIR, code_commit
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
@@ -145,7 +148,9 @@ class LastCheckpoint(Checkpoint):
             return
         # every rank calls save_checkpoint (it synchronizes); only rank 0 writes, to its temporary file
         with atomic_path(self.path) if trainer.is_global_zero else contextlib.nullcontext(self.path) as tmp:
-            trainer.save_checkpoint(tmp)  # the full state (optimizers too) for resume; read back with weights_only=True
+            # the full state (optimizers too) for resume, said explicitly (Lightning prints a note otherwise); read back
+            # with weights_only=True
+            trainer.save_checkpoint(tmp, weights_only=False)
         self.saved_step = trainer.global_step
 
 
@@ -153,9 +158,8 @@ class TrainProgressBar(TQDMProgressBar):
     """One bar for training; validation runs every few steps and gets no bars of its own."""
 
     def init_validation_tqdm(self):  # noqa: ANN201 - Lightning's signature
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
+        # disabled when made: a bar disabled after it was drawn left an empty `Validation: 0/?` line behind
+        return Tqdm(disable=True)
 
 
 def last_checkpoint_path(run_dir: Path) -> Path:
@@ -180,7 +184,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
         callbacks.append(TrainProgressBar(refresh_rate=10))
     if cfg.early_stopping_patience is not None and monitor is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=int(cfg.early_stopping_patience)))
-    logger = TrainingLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    # conf/logger/ (runs from before the key: TensorBoard alone)
+    logger_cfg = OmegaConf.to_container(OmegaConf.select(cfg, "logger", default=None) or OmegaConf.create({"tensorboard": {}}), resolve=True)
+    loggers = build_loggers(logger_cfg, run_dir, *grouping(run_dir))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("channels_last", None)  # ours: build_datamodule and build_module apply it
     if trainer_cfg.get("strategy") == "ddp":
@@ -195,7 +201,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the episodic sampler shards per rank itself
         callbacks=callbacks,
-        logger=logger,
+        logger=loggers or False,
         enable_progress_bar=bool(cfg.progress),
         enable_model_summary=False,
         log_every_n_steps=10,
@@ -206,7 +212,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
 
 
 # Keys that may differ between a run and its resumption without changing its result.
-NON_RESULT_KEYS = ("paths", "progress", "trainer", "gpu_pool")
+NON_RESULT_KEYS = ("paths", "progress", "trainer", "gpu_pool", "logger")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -281,7 +287,17 @@ def identity(cfg: DictConfig, dm: MagnificationDataModule) -> dict[str, Any]:
         classes=list(dm.class_names),
         domains=dm.domains,
         mpp_by_domain=dm.table.mpp() if dm.table is not None else {},
+        commit=code_commit(),  # the code that ran (None outside a git checkout)
+        **_averaging(cfg),
     )
+
+
+def _averaging(cfg: DictConfig) -> dict[str, Any]:
+    """`averaging` (weight averaging) of the config where it has one: part of what a run is."""
+    value = OmegaConf.select(cfg, "averaging", default=None)
+    if value is None:
+        return {}
+    return {"averaging": OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value}
 
 
 def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[str, Any]:
@@ -292,6 +308,7 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     so collect.py lists the run as failed and a re-run sweep does not train the same divergence again.
     """
     started = time.time()
+    run_dir = Path(run_dir).absolute()  # Hydra gives an absolute one; a notebook may not
     run_dir.mkdir(parents=True, exist_ok=True)
     finished = claim_run_dir(cfg, run_dir)
     if finished is not None:
@@ -311,6 +328,8 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     module = build_module(cfg, dm.num_classes, backbone)
     dm.check_meta_split(cfg.method.name, needs_meta_split=module.needs_meta_split)
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
+    if trainer.global_rank == 0:
+        send_identity(trainer.loggers, identity(cfg, dm))
     timer, fit_started = PhaseTimer(), time.time()
     trainer.callbacks.append(timer)
     try:
@@ -343,10 +362,16 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
         oracle_target_test_acc=oracle.best,
         oracle_step=oracle.step,
     )
-    if isinstance(trainer.logger, TensorBoardLogger):
-        log_evaluation(trainer.logger.experiment, module, dm, metrics, cfg, trainer.global_step)
+    figures = evaluation_figures(metrics, dm, cfg)
+    for tag, fig in figures.items():  # PNGs beside metrics.json: the trackers' artifacts (TensorBoard then closes them)
+        with atomic_path(run_dir / FIGURES_DIR / f"{tag.rsplit('/', 1)[-1]}.png") as tmp:
+            fig.savefig(tmp, format="png")
+    tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if tensorboard is not None:
+        log_evaluation(tensorboard.experiment, module, dm, metrics, cfg, trainer.global_step, figures)
     metrics["time_s"] = phases(fit_started - started, evaluation_started - fit_started, timer, time.time() - evaluation_started)
     write_json_atomic(run_dir / METRICS_FILE, metrics)
+    send_finished(trainer.loggers, run_dir, metrics, trainer.global_step, bool(OmegaConf.select(cfg, "logger.log_checkpoints", default=False)))
     return metrics
 
 

@@ -167,6 +167,8 @@ def _check_node(key: str, tp: Any, value: Any, cfg: Config) -> None:
     for name, r in _field_rules(cls).items():
         sub = f"{key}.{name}" if key else name
         if name not in value:
+            if getattr(cls, "may_omit", False):
+                continue  # a node of chosen options (logger): those not chosen are absent
             raise ConfigError(f"{sub}: missing; {_option(key, cls, value) if key else 'the config'} needs it")
         _check_key(sub, hints[name], r, value[name], cfg)
     for name in value:

@@ -24,6 +24,7 @@ from masf_lightning.choices import (
     SYNTHETIC_MAX_SIZE,
     SYNTHETIC_MIN_SIDE,
     TRAINABLE,
+    WANDB_MODES,
 )  # fmt: skip
 from masf_lightning.config.hparams import BY_NAME, REGISTRY
 from masf_lightning.config.rules import POSITIVE, rule
@@ -54,6 +55,37 @@ def _devices_ok(d: Any) -> bool:
     return all(i >= 0 for i in d)
 
 
+
+
+# -- logger: where a run's curves, numbers and files go (conf/logger/; any number at once) --------------------
+@dataclass
+class NoOptions:
+    """A logger whose files land in the run folder and take no setting (tensorboard, csv)."""
+
+
+@dataclass
+class MlflowOptions:
+    tracking_uri: str = rule()
+    experiment_name: str | None = rule()
+
+
+@dataclass
+class WandbOptions:
+    project: str = rule()
+    entity: str | None = rule()
+    mode: str | None = rule(choices=WANDB_MODES)
+
+
+@dataclass
+class Logger:
+    """`logger=[tensorboard,mlflow]` merges each chosen option's node here; the options left out are absent."""
+
+    may_omit: ClassVar[bool] = True
+    log_checkpoints: bool = rule()  # upload the selected and last checkpoints to mlflow/wandb (large: off by default)
+    tensorboard: NoOptions | None = rule()
+    csv: NoOptions | None = rule()
+    mlflow: MlflowOptions | None = rule()
+    wandb: WandbOptions | None = rule()
 
 
 # -- top level ------------------------------------------------------------------------------------------
@@ -336,4 +368,5 @@ class TrainConfig:
     stain: Reinhard | Macenko | NoStain = rule()
     method: Masf | Mldg | DeepAll | Coral | DeepAllZoom = rule()
     trainer: Trainer = rule()
+    logger: Logger = rule()
 

@@ -244,6 +244,14 @@ def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
     return runs
 
 
+def runs_from_records(records: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]) -> list[Run]:
+    """Runs from (shown path, metrics.json, run config) read elsewhere (a tracking server: masf_lightning/track),
+    judged as find_runs judges folders: no metrics → missing."""
+    runs = [_run_from_metrics(shown, m, cfg) if isinstance(m, dict) else _run_from_config(shown, cfg, "missing") for shown, m, cfg in records]
+    _mark_duplicates(runs)
+    return runs
+
+
 def _mark_duplicates(runs: list[Run]) -> None:
     """Two finished runs of one (table, method, row, draw, seed): keep the first by path, list the rest.
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -64,11 +65,21 @@ def evaluation_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in rows)])
 
 
-def log_evaluation(writer: Any, module: torch.nn.Module, dm: Any, metrics: Mapping[str, Any], cfg: DictConfig, step: int) -> None:
-    """Figures, the table, HParams and the projector of one evaluated checkpoint, at `step`."""
+def evaluation_figures(metrics: Mapping[str, Any], dm: Any, cfg: DictConfig) -> dict[str, Figure]:
+    """The evaluation's figures by TensorBoard tag: the target's confusion matrix and reliability diagram."""
     what = f"{cfg.method.name} · target {dm.target} · test"
-    writer.add_figure("test/target_confusion", confusion_figure(metrics["target_test_confusion"], dm.class_names, what), global_step=step)
-    writer.add_figure("test/target_reliability", reliability_figure(metrics["target_test_reliability"], metrics["target_test_ece"], what), global_step=step)
+    return {
+        "test/target_confusion": confusion_figure(metrics["target_test_confusion"], dm.class_names, what),
+        "test/target_reliability": reliability_figure(metrics["target_test_reliability"], metrics["target_test_ece"], what),
+    }
+
+
+def log_evaluation(
+    writer: Any, module: torch.nn.Module, dm: Any, metrics: Mapping[str, Any], cfg: DictConfig, step: int, figures: Mapping[str, Figure] | None = None
+) -> None:
+    """Figures (made here unless given), the table, HParams and the projector of one evaluated checkpoint, at `step`."""
+    for tag, fig in (figures or evaluation_figures(metrics, dm, cfg)).items():
+        writer.add_figure(tag, fig, global_step=step)
     writer.add_text("test/metrics", evaluation_table(metrics), global_step=step)
     if len(metrics.get("mpp_by_domain") or {}) >= 3:  # a table of resolutions: accuracy along the µm/px axis
         rows = curve_rows([metrics])
