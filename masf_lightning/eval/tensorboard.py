@@ -66,12 +66,16 @@ def evaluation_table(metrics: Mapping[str, Any]) -> str:
 
 
 def evaluation_figures(metrics: Mapping[str, Any], dm: Any, cfg: DictConfig) -> dict[str, Figure]:
-    """The evaluation's figures by TensorBoard tag: the target's confusion matrix and reliability diagram."""
-    what = f"{cfg.method.name} · target {dm.target} · test"
-    return {
-        "test/target_confusion": confusion_figure(metrics["target_test_confusion"], dm.class_names, what),
-        "test/target_reliability": reliability_figure(metrics["target_test_reliability"], metrics["target_test_ece"], what),
+    """The evaluation's figures by TensorBoard tag: the target's confusion matrix and reliability diagram, and with a
+    table of 3 or more resolutions the accuracy along the µm/px axis."""
+    what = f"{cfg.method.name} · target {dm.target}"
+    figures = {
+        "test/target_confusion": confusion_figure(metrics["target_test_confusion"], dm.class_names, f"{what} · test"),
+        "test/target_reliability": reliability_figure(metrics["target_test_reliability"], metrics["target_test_ece"], f"{what} · test"),
     }
+    if len(metrics.get("mpp_by_domain") or {}) >= 3:
+        figures["test/accuracy_vs_mpp"] = curve_figure(curve_rows([metrics]), title=what)
+    return figures
 
 
 def log_evaluation(
@@ -81,9 +85,6 @@ def log_evaluation(
     for tag, fig in (figures or evaluation_figures(metrics, dm, cfg)).items():
         writer.add_figure(tag, fig, global_step=step)
     writer.add_text("test/metrics", evaluation_table(metrics), global_step=step)
-    if len(metrics.get("mpp_by_domain") or {}) >= 3:  # a table of resolutions: accuracy along the µm/px axis
-        rows = curve_rows([metrics])
-        writer.add_figure("test/accuracy_vs_mpp", curve_figure(rows, title=f"{what.rsplit(' · ', 1)[0]}"), global_step=step)
     hp = {
         "method": cfg.method.name, "task": cfg.task, "target": dm.target, "sources": ",".join(dm.sources), "seed": cfg.seed,
         "backbone": cfg.backbone._target_.rsplit(".", 1)[-1], "steps": cfg.steps, "protocol": cfg.split.protocol, "selection": cfg.selection,
