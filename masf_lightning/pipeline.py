@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Checkpoint, EarlyStopping, ModelCheckpoi
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
+from masf_lightning.averaging import Averager, install_average
 from masf_lightning.checkpoints import SafeCheckpointIO, load_checkpoint
 from masf_lightning.choices import SELECTIONS
 from masf_lightning.config.hparams import of_method
@@ -313,6 +314,9 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     trainer, checkpoint, oracle = build_trainer(cfg, run_dir)
     timer, fit_started = PhaseTimer(), time.time()
     trainer.callbacks.append(timer)
+    averager: Averager | None = instantiate(cfg.averaging) if "averaging" in cfg else None
+    if averager is not None:  # first: its state is up to date when the checkpoint callbacks save
+        trainer.callbacks.insert(0, averager)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed_from is not None else None)
     except TrainingError as exc:
@@ -328,6 +332,8 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     selected = checkpoint.best_model_path or str(last)
     state = load_checkpoint(selected, map_location=module.device)
     module.load_state_dict(state["state_dict"])
+    # with averaging: the online result measured, then the average (BatchNorm recomputed) is the model evaluated
+    averaged = install_average(module, dm, averager, run_dir, int(state["global_step"])) if averager is not None else {}
     metrics = evaluate(module, dm, list(cfg.eval.knn_k))
     metrics.update(
         identity(cfg, dm),
@@ -343,6 +349,7 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
         oracle_target_test_acc=oracle.best,
         oracle_step=oracle.step,
     )
+    metrics.update(averaged)  # the averaged model's step and checkpoint in place of the online selection's
     if isinstance(trainer.logger, TensorBoardLogger):
         log_evaluation(trainer.logger.experiment, module, dm, metrics, cfg, trainer.global_step)
     metrics["time_s"] = phases(fit_started - started, evaluation_started - fit_started, timer, time.time() - evaluation_started)
