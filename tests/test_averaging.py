@@ -4,6 +4,7 @@ against the mean of the recorded weights, a run killed inside the window, and tr
 from __future__ import annotations
 
 import io
+import shutil
 import json
 import os
 import signal
@@ -176,7 +177,11 @@ def test_train_py_swad_records_its_window_and_resumes_inside_it(tmp_path: Path) 
     m = run(cfg, whole)
     assert m["averaging"]["name"] == "swad" and m["selected_checkpoint"] == "checkpoints/averaged.ckpt"
     assert (m["averaging_window"]["first_step"], m["averaging_window"]["last_step"], m["averaging_window"]["steps"]) == (1, 12, 12)
-    assert 0 <= m["online_target_test_acc"] <= 1 and m["online_selected_step"] in (2, 4, 6, 8, 10, 12)
+    # the online model is the averaging=none run: same trajectory, same selection, same number
+    plain = compose_train([*swad_overrides(tmp_path, whole)[:-1], "averaging=none"])
+    plain.hydra = None
+    p = run(plain, tmp_path / "plain")
+    assert (m["online_target_test_acc"], m["online_selected_step"]) == (p["target_test_acc"], p["selected_step"])
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MASF_DATA": "/nonexistent-do-not-use", "KILL_AFTER_CHECKS": "3"}
     proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKS, str(ROOT / "train.py"), *swad_overrides(tmp_path, killed)],
@@ -203,3 +208,38 @@ def test_masf_with_ema_in_process(tmp_path: Path) -> None:
     m = run(cfg, tmp_path / "ema")
     assert m["averaging"] == {"name": "ema", "decay": 0.999, "bn_batches": 100} and m["averaging_window"]["steps"] == 4
     assert m["selected_checkpoint"] == "checkpoints/averaged.ckpt" and (tmp_path / "ema" / "checkpoints" / "averaged.ckpt").is_file()
+
+
+# -- collect.py: `DeepAll + SWAD` is a column, paired with DeepAll and with the same method without averaging ---------
+def _metrics(method: str, seed: int, acc: float, averaging: str = "none", online: float | None = None) -> dict:
+    m = {"method": method, "task": "tumor_type", "target": "400x", "sources": ["40x", "100x", "200x"], "seed": seed, "hparams_seed": 0,
+         "protocol": "patient", "selection": "source_val", "steps": 800, "backbone": "small", "target_test_acc": acc, "hparams": {"optimizers": "separate"}}  # fmt: skip
+    if averaging != "none":
+        m |= {"averaging": {"name": averaging}, "online_target_test_acc": online, "online_selected_step": 400}
+    return m
+
+
+def test_collect_pairs_averaging_with_its_method_and_deepall(tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import collect
+
+    runs = {"deepall/s{}": ("deepall", [0.40, 0.42, 0.44], "none", None), "masf/s{}": ("masf", [0.38, 0.41, 0.40], "none", None),
+            "masf+swad/s{}": ("masf", [0.41, 0.43, 0.45], "swad", [0.38, 0.41, 0.40])}  # fmt: skip
+    for folder, (method, accs, averaging, online) in runs.items():
+        for seed, acc in enumerate(accs):
+            path = tmp_path / "runs" / folder.format(seed) / "metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps(_metrics(method, seed, acc, averaging, online[seed] if online else None)))
+    assert collect.main([str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| Source"))
+    assert "| MASF | MASF + SWAD | DeepAll |" in header and "MASF + SWAD − MASF (paired, 95% CI)" in header
+    assert "MASF + SWAD − DeepAll (paired, 95% CI)" in header
+    row = next(line for line in out.splitlines() if line.startswith("| 40×"))
+    assert "+3.33 ±" in row and "MASF + SWAD − MASF at 400×: n = 3 seeds" in out  # (3 + 2 + 5) / 3 points over MASF
+
+    # only the averaged runs: --online counts their online model as the method without averaging
+    shutil.rmtree(tmp_path / "runs" / "masf")
+    assert collect.main([str(tmp_path / "runs"), "--online"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40×"))
+    assert row.split(" | ")[2].startswith("39.67 ± ") and "+3.33 ±" in row, row
