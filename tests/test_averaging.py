@@ -4,9 +4,9 @@ against the mean of the recorded weights, a run killed inside the window, and tr
 from __future__ import annotations
 
 import io
-import shutil
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
