@@ -24,7 +24,7 @@ def bench_averaging(spec: BackboneSpec, args: argparse.Namespace, device: torch.
     variant = Variant("deepall", "deepall")
     batches = make_batches(spec, device, variant.memory_format)
     trainer = SimpleNamespace(global_step=0, sanity_checking=False, callback_metrics={})
-    steps = {}
+    steps, updates = {}, {}
     for kind in KINDS:
         module = make_module(spec, variant, device)
         step = make_step(module, "deepall", batches)
@@ -38,6 +38,8 @@ def bench_averaging(spec: BackboneSpec, args: argparse.Namespace, device: torch.
                 callback.on_train_batch_end(trainer, module, None, None, 0)
 
         steps[kind] = run
+        if callback is not None:
+            updates[kind] = lambda callback=callback, module=module: callback.on_train_batch_end(trainer, module, None, None, 0)
 
     def timed(kind: str, n: int) -> float:
         sync(device)
@@ -58,7 +60,18 @@ def bench_averaging(spec: BackboneSpec, args: argparse.Namespace, device: torch.
     out: dict[str, Any] = {"plain_ms": statistics.median(ms["plain"]), "steps_per_round": n}
     for kind in KINDS[1:]:
         ratios = [a / b for a, b in zip(ms[kind], ms["plain"], strict=True)]
-        out[kind] = {"ms": statistics.median(ms[kind]), "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        # the update alone, many times: load blurs a step-vs-step ratio far more than this small a difference
+        alone = []
+        for _ in range(args.rounds):
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(n):
+                updates[kind]()
+            sync(device)
+            alone.append(1000 * (time.perf_counter() - t) / n)
+        share = statistics.median(alone) / statistics.median(ms["plain"])
+        out[kind] = {"ms": statistics.median(ms[kind]), "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     "update_ms": statistics.median(alone), "update_share": share}  # fmt: skip
     return out
 
 
@@ -66,5 +79,6 @@ def print_averaging(report: dict[str, Any]) -> None:
     for name, r in report.items():
         for kind in KINDS[1:]:
             e = r[kind]
-            print(f"averaging {name:8} DeepAll step {r['plain_ms']:.1f} ms, + {kind} update {e['ms']:.1f} ms: "
-                  f"× {e['ratio']:.3f} ({e['ratio_min']:.3f}–{e['ratio_max']:.3f}; budget ≤ 1.05)")
+            print(f"averaging {name:8} DeepAll step {r['plain_ms']:.1f} ms; {kind}: the update alone {e['update_ms']:.2f} ms = "
+                  f"+{100 * e['update_share']:.2f} % of a step (budget ≤ 5 %); step + update × {e['ratio']:.3f} "
+                  f"({e['ratio_min']:.3f}–{e['ratio_max']:.3f} over rounds)")
