@@ -233,6 +233,8 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         except json.JSONDecodeError:
             have = None
         a, b = _flat(have or {}), _flat(json.loads(json.dumps(wanted, default=str)))
+        if "averaging" not in (have or {}) and b.get("averaging.name") == "none":  # a run from before the group: none
+            b = {k: v for k, v in b.items() if not k.startswith("averaging.")}
         # a key added to the configs since (absent there, null here) changes nothing: same run
         key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
         if have is not None and key is not None:

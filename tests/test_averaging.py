@@ -243,3 +243,16 @@ def test_collect_pairs_averaging_with_its_method_and_deepall(tmp_path: Path, cap
     assert collect.main([str(tmp_path / "runs"), "--online"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 40×"))
     assert row.split(" | ")[2].startswith("39.67 ± ") and "+3.33 ±" in row, row
+
+
+def test_a_run_from_before_the_averaging_group_is_still_the_same_run(tmp_path: Path) -> None:
+    from masf_lightning.pipeline import claim_run_dir
+    from tests.test_config_schema import compose_train
+
+    cfg = compose_train(["paths.data=/tmp/unused"])
+    assert claim_run_dir(cfg, tmp_path) is None
+    saved = json.loads((tmp_path / "run_config.json").read_text())
+    del saved["averaging"]  # as written before the group existed
+    (tmp_path / "run_config.json").write_text(json.dumps(saved))
+    (tmp_path / "metrics.json").write_text(json.dumps({"target_test_acc": 0.5}))
+    assert claim_run_dir(cfg, tmp_path) == {"target_test_acc": 0.5}, "skipped as finished, not refused"
