@@ -2,7 +2,7 @@
 """What a training step costs: MASF (first/second order) relative to DeepAll, data delivery vs consumption,
 preprocessing throughput and peak memory, in one process so that the ratios are like-for-like.
 
-    python experiments/bench.py --json bench.json          # CPU: small (48 px, 3×24) and alexnet (227 px, 3×16)
+    python experiments/bench.py --json bench.json          # CPU: small (48 px, 3×24) and alexnet (227 px, 3×16); + averaging's cost
     python experiments/bench.py --quick                    # small only, 3 rounds: a smoke test
     python experiments/bench.py --backbones alexnet --ablations --baseline 1b6fef8   # + what each change gained
     python experiments/bench.py --backbones alexnet --rounds 0 --profile deepall,second_order   # torch.profiler
@@ -33,6 +33,7 @@ import torch
 # (preprocessing and batch delivery), bench_env (the machine, the allocator setting, device sync).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_averaging import bench_averaging, print_averaging  # noqa: E402
 from bench_data import bench_data_path  # noqa: E402
 from bench_env import ensure_malloc, machine  # noqa: E402
 from bench_foundation import add_arguments as add_foundation_arguments  # noqa: E402
@@ -153,6 +154,8 @@ def main() -> None:
         print(f"{spec.name}: 3×{spec.batch} images of {spec.input_size} px, {len(variants)} variants, "
               f"{args.rounds} rounds after {args.warmup} warm-up …", flush=True)
         report[spec.name] = bench_steps(spec, variants, args, device)
+        print(f"{spec.name}: DeepAll's step with and without weight averaging …", flush=True)
+        report.setdefault("averaging", {})[spec.name] = bench_averaging(spec, args, device)
 
     if not args.no_data and args.rounds > 0:
         print("data path: preprocessing + delivery …", flush=True)
@@ -209,6 +212,7 @@ def main() -> None:
     report["peak_rss_mb"] = self_kb / 1024  # Linux reports kilobytes
     report["figures"] = {k: v for k, v in flatten(report).items() if not k.startswith(("profile.", "machine."))}
     print_table(report)
+    print_averaging(report.get("averaging", {}))
     print_search_report(report.get("use", {}))
     print_foundation_report(report.get("foundation", {}), args.fm_steps, args.fm_images)
     if "main_job" in report:

@@ -26,12 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, run as
 from collect_cells import (  # noqa: E402
     DASH,
     FAMILIES,
-    METHOD_TITLES,
     ORACLE_NOTE,
     ORACLE_TITLE,
-    PAIRED_TITLES,
     POWER_NOTE,
     POWER_TARGET,
+    comparison_title,
     family_rows,
     footnotes,
     mag,
@@ -39,6 +38,7 @@ from collect_cells import (  # noqa: E402
     oracle_rows,
     rows,
     table_title,
+    title,
 )  # fmt: skip
 from collect_export import to_csv, to_latex  # noqa: E402
 
@@ -66,7 +66,7 @@ def power_lines(table: Table) -> list[str]:
             diffs, _ = table.paired_diffs(v, row)
             if not diffs:
                 continue
-            name = f"{PAIRED_TITLES.get(v, METHOD_TITLES.get(v, v))} − DeepAll at {mag(row[0])}"
+            name = f"{comparison_title(v)} at {mag(row[0])}"
             p = power(diffs, POWER_TARGET)
             if p is None:
                 out.append(f"- {name}: 1 seed, no interval; 2 seeds at least.")
@@ -103,7 +103,7 @@ def draw_rows(table: Table) -> tuple[list[str], list[list[str]]]:
             draw = DASH if choice.draw is None else f"{choice.draw}{' (defaults)' if choice.draw == 0 else ''}"
             score = DASH if chosen is None or chosen.score is None else num(100 * chosen.score)
             seeds = DASH if chosen is None else " ".join(map(str, chosen.seeds))
-            body.append([mag(row[0]), METHOD_TITLES.get(m, m), draw, score, usable, seeds, _values(by_draw.get(choice.draw, {}), varying) or DASH])
+            body.append([mag(row[0]), title(m), draw, score, usable, seeds, _values(by_draw.get(choice.draw, {}), varying) or DASH])
     return header, body
 
 
@@ -131,9 +131,9 @@ def to_markdown(tables: Sequence[Table], orphans: Sequence[str]) -> str:
         got = oracle_rows(table)
         if got:
             lines += ["", f"#### {ORACLE_TITLE}", "", *_md_table(*got), "", ORACLE_NOTE]
-        for key, title in NOTE_TITLES.items():
+        for key, heading in NOTE_TITLES.items():
             if table.notes[key]:
-                lines += ["", f"{title}:", "", *(f"- {item}" for item in table.notes[key])]
+                lines += ["", f"{heading}:", "", *(f"- {item}" for item in table.notes[key])]
         parts.append("\n".join(lines).rstrip() + "\n")
     if orphans:
         parts.append("\n".join(["### Runs that fit no table (no readable task/protocol/method)", "", *(f"- {o}" for o in orphans)]) + "\n")
@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--experiment", metavar="NAME", help="--from-mlflow: the experiment (a sweep's is named after its folder)")
     parser.add_argument("--out", metavar="PREFIX", help="also write PREFIX.md, PREFIX.csv and PREFIX.tex")
     parser.add_argument("--expect-seeds", type=int, metavar="N", help="list (method, target) cells with fewer than N seeds")
+    parser.add_argument("--online", action="store_true", help="count each run with averaging's online model as the same method without "
+                        "averaging (target accuracy only): one sweep gives both columns; a run of its own wins")
     args = parser.parse_args(argv)
 
     if bool(args.from_mlflow) == bool(args.dirs) or bool(args.from_mlflow) != bool(args.experiment):
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.exit_code
         where = f"experiment {args.experiment} of {args.from_mlflow}"
     else:
-        runs, where = find_runs(args.dirs), ", ".join(args.dirs)
+        runs, where = find_runs(args.dirs, online=args.online), ", ".join(args.dirs)
     if not any(r.status != "missing" for r in runs):
         print(f"collect: no {METRICS_FILE} found under {where}", file=sys.stderr)
         return 1

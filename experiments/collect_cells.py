@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from masf_lightning.eval.results import Group
 from masf_lightning.eval.stats import mean_std, t_interval
-from masf_lightning.eval.tables import ACC, Cell, Row, Table
+from masf_lightning.eval.tables import ACC, AVERAGED, Cell, Row, Table, comparison
 
 METHOD_TITLES = {
     "masf": "MASF", "masf_joint": "MASF (joint, Eq. 11 literal)", "deepall": "DeepAll",
@@ -19,6 +19,19 @@ METHOD_TITLES = {
     "masf_no_tri": "MASF no-tri (β2=0)", "masf_no_tri_joint": "MASF no-tri (β2=0, joint)",
 }  # fmt: skip
 PAIRED_TITLES = {"masf_joint": "MASF (joint)"}
+AVERAGING_TITLES = {"swad": "SWAD", "ema": "EMA"}
+
+
+def title(m: str) -> str:
+    """A column's title: `deepall+swad` → `DeepAll + SWAD`."""
+    base, _, averaging = m.partition(AVERAGED)
+    return METHOD_TITLES.get(base, base) + (f" + {AVERAGING_TITLES.get(averaging, averaging)}" if averaging else "")
+
+
+def comparison_title(key: str) -> str:
+    """`MASF − DeepAll`, `MASF + SWAD − MASF`."""
+    variant, baseline = comparison(key)
+    return f"{PAIRED_TITLES.get(variant, title(variant))} − {title(baseline)}"
 DASH = "–"
 ORACLE = "oracle_target_test_acc"
 
@@ -133,8 +146,8 @@ def is_paper(group: Group) -> bool:
     return group.data == "breakhis" and group.protocol == PAPER_PROTOCOL and group.task in PAPER
 
 
-def paired_title(variant: str) -> str:
-    return f"{PAIRED_TITLES.get(variant, METHOD_TITLES.get(variant, variant))} − DeepAll (paired, 95% CI)"
+def paired_title(key: str) -> str:
+    return f"{comparison_title(key)} (paired, 95% CI)"
 
 
 def sources_label(row: Row) -> str:
@@ -143,7 +156,7 @@ def sources_label(row: Row) -> str:
 
 def rows(table: Table) -> tuple[list[str], list[list[str]]]:
     """Header and body of the accuracy table as display strings (shared by Markdown and LaTeX)."""
-    header = ["Source", "Target", *(METHOD_TITLES.get(m, m) for m in table.methods), *map(paired_title, table.paired)]
+    header = ["Source", "Target", *(title(m) for m in table.methods), *map(paired_title, table.paired)]
     paper = is_paper(table.group)
     if paper:
         header += ["Paper MASF", "Δ MASF", "Paper DeepAll", "Δ DeepAll"]
@@ -166,7 +179,7 @@ def family_rows(table: Table, family: Family) -> tuple[list[str], list[list[str]
     keys = [(k, label) for k, label in family.metrics if table.has(k)]
     if not keys:
         return None
-    header = ["Source", "Target", "Metric", *(METHOD_TITLES.get(m, m) for m in table.methods), *map(paired_title, table.paired)]
+    header = ["Source", "Target", "Metric", *(title(m) for m in table.methods), *map(paired_title, table.paired)]
     body = []
     for row in table.rows:
         for key, label in keys:
@@ -180,7 +193,7 @@ def family_rows(table: Table, family: Family) -> tuple[list[str], list[list[str]
 def oracle_rows(table: Table) -> tuple[list[str], list[list[str]]] | None:
     if not table.has(ORACLE):
         return None
-    header = ["Source", "Target", *(METHOD_TITLES.get(m, m) for m in table.methods)]
+    header = ["Source", "Target", *(title(m) for m in table.methods)]
     return header, [
         [sources_label(row), mag(row[0]), *(fmt_cell(table.cell(m, row, ORACLE)) for m in table.methods)] for row in table.rows if table.has(ORACLE, row)
     ]

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from masf_lightning.algorithms import DGModule
+from masf_lightning.averaging import Averager, install_average
 from masf_lightning.checkpoints import SafeCheckpointIO, load_checkpoint
 from masf_lightning.choices import SELECTIONS
 from masf_lightning.config.hparams import of_method
@@ -238,6 +239,8 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         except json.JSONDecodeError:
             have = None
         a, b = _flat(have or {}), _flat(json.loads(json.dumps(wanted, default=str)))
+        if "averaging" not in (have or {}) and b.get("averaging.name") == "none":  # a run from before the group: none
+            b = {k: v for k, v in b.items() if not k.startswith("averaging.")}
         # a key added to the configs since (absent there, null here) changes nothing: same run
         key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
         if have is not None and key is not None:
@@ -332,6 +335,9 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
         send_identity(trainer.loggers, identity(cfg, dm))
     timer, fit_started = PhaseTimer(), time.time()
     trainer.callbacks.append(timer)
+    averager: Averager | None = instantiate(cfg.averaging) if "averaging" in cfg else None
+    if averager is not None:  # first: its state is up to date when the checkpoint callbacks save
+        trainer.callbacks.insert(0, averager)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resumed_from is not None else None)
     except TrainingError as exc:
@@ -347,6 +353,8 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
     selected = checkpoint.best_model_path or str(last)
     state = load_checkpoint(selected, map_location=module.device)
     module.load_state_dict(state["state_dict"])
+    # with averaging: the online result measured, then the average (BatchNorm recomputed) is the model evaluated
+    averaged = install_average(module, dm, averager, run_dir, int(state["global_step"])) if averager is not None else {}
     metrics = evaluate(module, dm, list(cfg.eval.knn_k))
     metrics.update(
         identity(cfg, dm),
@@ -362,6 +370,7 @@ def run(cfg: DictConfig, run_dir: Path, record_failure: bool = False) -> dict[st
         oracle_target_test_acc=oracle.best,
         oracle_step=oracle.step,
     )
+    metrics.update(averaged)  # the averaged model's step and checkpoint in place of the online selection's
     figures = evaluation_figures(metrics, dm, cfg)
     for tag, fig in figures.items():  # PNGs beside metrics.json: the trackers' artifacts (TensorBoard then closes them)
         with atomic_path(run_dir / FIGURES_DIR / f"{tag.rsplit('/', 1)[-1]}.png") as tmp:

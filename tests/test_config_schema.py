@@ -26,7 +26,7 @@ from masf_lightning.relations import show
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GROUPS = ("data", "stain", "backbone", "method", "trainer", "experiment", "logger")
+GROUPS = ("data", "stain", "backbone", "method", "averaging", "trainer", "experiment", "logger")
 
 
 def shipped_options() -> list[list[str]]:

@@ -145,13 +145,14 @@ class DGModule(pl.LightningModule):
     # -- validation: accuracy per (magnification, split) ------------------------------------------
     def on_validation_epoch_start(self) -> None:
         n = len(self.trainer.datamodule.val_sets)
-        self._val_counts = torch.zeros(n, 2, device=self.device, dtype=torch.float64)
+        self._val_counts = torch.zeros(n, 3, device=self.device, dtype=torch.float64)  # correct, images, summed loss
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y, _ = batch
-        correct = (self(x).argmax(1) == y).sum()
-        self._val_counts[dataloader_idx, 0] += correct
+        logits = self(x)
+        self._val_counts[dataloader_idx, 0] += (logits.argmax(1) == y).sum()
         self._val_counts[dataloader_idx, 1] += len(y)
+        self._val_counts[dataloader_idx, 2] += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
 
     def on_validation_epoch_end(self) -> None:
         dm = self.trainer.datamodule
@@ -159,6 +160,9 @@ class DGModule(pl.LightningModule):
         acc = dict(zip(dm.val_sets, (counts[:, 0] / counts[:, 1].clamp_min(1)).float(), strict=True))
         metrics = {f"val/{d}/acc": acc[(d, "val")] for d in dm.sources}
         metrics["val/source_acc"] = torch.stack([acc[(d, "val")] for d in dm.sources]).mean()
+        # SWAD's window monitor (masf_lightning/averaging): the mean over sources of their mean cross-entropy
+        loss = dict(zip(dm.val_sets, (counts[:, 2] / counts[:, 1].clamp_min(1)).float(), strict=True))
+        metrics["val/source_loss"] = torch.stack([loss[(d, "val")] for d in dm.sources]).mean()
         metrics["val/target_acc"] = acc[(dm.target, "val")]
         # What the paper's code printed (best test accuracy so far); logged apart, never a selection monitor.
         metrics["oracle/target_test_acc"] = acc[(dm.target, "test")]

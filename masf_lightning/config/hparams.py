@@ -19,7 +19,7 @@ from typing import Any
 
 from masf_lightning.choices import CLASS_AVERAGES, LAYOUTS, REDUCTIONS
 from masf_lightning.config.rules import NON_NEGATIVE, POSITIVE, Rule
-from masf_lightning.config.search import FIXED, Dist, LogUniform, OctaveRange, Uniform, draw_seed
+from masf_lightning.config.search import FIXED, Dist, IntUniform, LogUniform, OctaveRange, Uniform, draw_seed
 
 Backbone = str  # the backbone builder's name: `backbone._target_`'s last part (small, alexnet, resnet18, foundation)
 
@@ -122,6 +122,15 @@ REGISTRY: tuple[HParam, ...] = (
     _hp("zoom_range", list[float], {"length": 2, "gt": 0, "test": lambda r: r[0] <= r[1], "says": "a list [low, high] with 0 < low <= high"},
         [0.5, 2.0], OctaveRange(1.5), "DeepAll + zoom: window side s·L, s log-uniform in [low, high]",
         "default: one BreaKHis magnification step either way; search: ours, up to 1.5 octaves each way"),
+    # -- weight averaging, any method (conf/averaging/, masf_lightning/averaging/) ---------------------------
+    _hp("n_converge", int, {"ge": 1}, 3, IntUniform(2, 6), "SWAD: checks without a lower loss that open the window (N_s)",
+        "default: Cha et al. 2021 and khanrc/swad (n_converge=3); search: ours, 2 to 6 checks"),
+    _hp("n_tolerance", int, {"ge": 1}, 6, IntUniform(3, 12), "SWAD: checks in a row above the threshold that close it (N_e)",
+        "default: Cha et al. 2021 and khanrc/swad (n_tolerance=6); search: ours, half to twice"),
+    _hp("tolerance_ratio", float, NON_NEGATIVE, 0.3, LogUniform(0.1, 1.0), "SWAD: threshold = (1 + r) × the opening checks' mean loss",
+        "default: Cha et al. 2021 and khanrc/swad (tolerance_ratio=0.3, the paper's r = 1.3); search: ours, 10^U(-1, 0)"),
+    _hp("ema_decay", float, {"gt": 0, "lt": 1}, 0.999, Uniform(0.99, 0.9995), "EMA: decay per step (after timm's warm-up)",
+        "default: Lightning's EMAWeightAveraging (decay=0.999); search: ours, horizons of 100 to 2,000 steps"),
 )  # fmt: skip
 BY_NAME: dict[str, HParam] = {h.name: h for h in REGISTRY}
 

@@ -331,6 +331,34 @@ class Masf(Method):
     embedder: Embedder = rule()
 
 
+# -- averaging: one schema per option (conf/averaging/, masf_lightning/averaging/) --------------------------
+@dataclass
+class NoAveraging:
+    option: ClassVar[str] = "none"
+    _target_: str = rule(choices=("masf_lightning.averaging.none",))
+    name: str = rule(choices=("none",))
+
+
+@dataclass
+class Swad:
+    option: ClassVar[str] = "swad"
+    _target_: str = rule(choices=("masf_lightning.averaging.SWAD",))
+    name: str = rule(choices=("swad",))
+    n_converge: int = hparam("n_converge")
+    n_tolerance: int = hparam("n_tolerance")
+    tolerance_ratio: float = hparam("tolerance_ratio")
+    bn_batches: int = rule(ge=0)
+
+
+@dataclass
+class Ema:
+    option: ClassVar[str] = "ema"
+    _target_: str = rule(choices=("masf_lightning.averaging.EMA",))
+    name: str = rule(choices=("ema",))
+    decay: float = hparam("ema_decay")
+    bn_batches: int = rule(ge=0)
+
+
 # -- trainer: Lightning's Trainer arguments; keys beyond these go to Lightning as they are ----------------
 @dataclass
 class Trainer:
@@ -367,6 +395,7 @@ class TrainConfig:
     task: str = rule()  # a label column of the dataset table (data.task by default): checked against it
     stain: Reinhard | Macenko | NoStain = rule()
     method: Masf | Mldg | DeepAll | Coral | DeepAllZoom = rule()
+    averaging: NoAveraging | Swad | Ema = rule()
     trainer: Trainer = rule()
     logger: Logger = rule()
 

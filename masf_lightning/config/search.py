@@ -75,6 +75,23 @@ class Uniform(Dist):
 
 
 @dataclass(frozen=True)
+class IntUniform(Dist):
+    """An integer uniform in [lo, hi]: counts, such as SWAD's patience in validation checks."""
+
+    lo: int
+    hi: int
+
+    def sample(self, rng: random.Random, default: Any) -> int:
+        return rng.randint(self.lo, self.hi)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.lo <= value <= self.hi
+
+    def describe(self) -> str:
+        return f"an integer in [{self.lo}, {self.hi}]"
+
+
+@dataclass(frozen=True)
 class OctaveRange(Dist):
     """[2^-U(0, m), 2^U(0, m)]: a zoom window from `low` (zoom in) to `high` (zoom out), each up to m octaves."""
 

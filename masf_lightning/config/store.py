@@ -46,6 +46,11 @@ def hparams_dir(seed: Any) -> str:
     return "" if int(seed) == 0 else f"hp{int(seed)}/"
 
 
+def avg_dir(name: Any) -> str:
+    """`${avg_dir:${averaging.name}}`: '' without averaging (folders as before), '+swad' / '+ema' with it."""
+    return "" if name in (None, "none") else f"+{name}"
+
+
 def farthest(magnification: str) -> str:
     """The magnification farthest up or down the ladder: a single-source run's headline unseen target."""
     i = MAGNIFICATIONS.index(magnification)
@@ -55,7 +60,7 @@ def farthest(magnification: str) -> str:
 def train_on(magnification: str) -> dict[str, Any]:
     """`+train_on=<m>` (the transfer map's rows): DeepAll on m alone; every magnification is evaluated
     (test_acc_by_domain), `target` only names the headline one, the farthest; the run folder says `only_<m>`."""
-    subdir = f"${{task}}/${{method.name}}/only_{magnification}/${{hparams_dir:${{hparams_seed}}}}seed${{seed}}"
+    subdir = f"${{task}}/${{method.name}}${{avg_dir:${{averaging.name}}}}/only_{magnification}/${{hparams_dir:${{hparams_seed}}}}seed${{seed}}"
     return {"data": {"sources": [magnification]}, "target": farthest(magnification), "hydra": {"sweep": {"subdir": subdir}}}
 
 
@@ -68,6 +73,7 @@ def smaller(a: Any, b: Any) -> Any:
 def register() -> None:
     OmegaConf.register_new_resolver("hparam", _hparam, replace=True, use_cache=False)
     OmegaConf.register_new_resolver("hparams_dir", hparams_dir, replace=True)
+    OmegaConf.register_new_resolver("avg_dir", avg_dir, replace=True)
     OmegaConf.register_new_resolver("min", smaller, replace=True)  # `val_every: ${min:50,${steps}}`
     OmegaConf.register_new_resolver("label_column", sole_label_column, replace=True)  # data=manifest's default task
     OmegaConf.register_new_resolver("not", lambda x: not x, replace=True)  # `benchmark: ${not:${trainer.deterministic}}`

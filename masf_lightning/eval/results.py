@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +134,18 @@ def _data_name(cfg: dict[str, Any] | None) -> str:
     return f"synthetic {size[0]}×{size[1]}" if None not in size else "synthetic"
 
 
-def method_column(method: str, cfg: dict[str, Any] | None, hparams: dict[str, Any] | None = None) -> str:
-    """`masf` (separate Adams, the public codes) or `masf_joint` (one Adam, Eq. 11 literal); others as named.
-    The layout as metrics.json recorded it (`hparams`), else as the run's config says."""
+def averaging_name(m: dict[str, Any] | None, cfg: dict[str, Any] | None) -> str:
+    """The run's weight averaging (metrics.json `averaging`, else its config); `none` for runs before the key."""
+    got = (m or {}).get("averaging") if isinstance((m or {}).get("averaging"), dict) else None
+    return str((got or {}).get("name") or _get(cfg, "averaging", "name") or "none")
+
+
+def method_column(method: str, cfg: dict[str, Any] | None, hparams: dict[str, Any] | None = None, averaging: str = "none") -> str:
+    """`masf` (separate Adams, the public codes) or `masf_joint` (one Adam, Eq. 11 literal); others as named;
+    `+swad` / `+ema` appended for a run with weight averaging. The layout as metrics.json recorded it
+    (`hparams`), else as the run's config says."""
+    if averaging != "none":
+        return f"{method_column(method, cfg, hparams)}+{averaging}"
     if not method.startswith("masf"):
         return method
     layout = (hparams or {}).get("optimizers") or _get(cfg, "method", "optimizers") or _get(cfg, "hparams", "optimizers")
@@ -169,7 +178,7 @@ def _run_from_metrics(shown: str, m: dict[str, Any], cfg: dict[str, Any] | None)
     return Run(
         path=shown,
         group=group,
-        method=method_column(str(m.get("method", "?")), cfg, m.get("hparams") if isinstance(m.get("hparams"), dict) else None),
+        method=method_column(str(m.get("method", "?")), cfg, m.get("hparams") if isinstance(m.get("hparams"), dict) else None, averaging_name(m, cfg)),
         target=str(m.get("target", "?")),
         seed=int(seed) if is_number(seed) else None,
         acc=float(acc) if is_number(acc) else None,
@@ -201,7 +210,7 @@ def _run_from_config(shown: str, cfg: dict[str, Any] | None, status: str) -> Run
     return Run(
         path=shown,
         group=group,
-        method=method_column(str(_get(cfg, "method", "name") or "?"), cfg),
+        method=method_column(str(_get(cfg, "method", "name") or "?"), cfg, averaging=averaging_name(None, cfg)),
         target=str(_get(cfg, "target") or "?"),
         seed=int(seed) if is_number(seed) else None,
         status=status,
@@ -214,8 +223,25 @@ def _is_run_folder(folder: Path) -> bool:
     return (folder / METRICS_FILE).is_file() or (folder / RUN_CONFIG_FILE).is_file() or (folder / ".hydra").is_dir()
 
 
-def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
-    """Every run folder below `dirs` (a folder with metrics.json, run_config.json or .hydra/), each once."""
+ONLINE = " (online)"  # a run's label suffix for its online result counted as the method without averaging
+
+
+def online_run(r: Run, cfg: dict[str, Any] | None) -> Run | None:
+    """A run with averaging as the same method without it: its online model is the averaging=none run (same
+    trajectory, same selection; tests/test_averaging.py checks the equality). Target accuracy only."""
+    acc = r.metrics.get("online_target_test_acc")
+    if r.status != "ok" or not is_number(acc):
+        return None
+    m = r.metrics
+    column = method_column(str(m.get("method", "?")), cfg, m.get("hparams") if isinstance(m.get("hparams"), dict) else None)
+    keep = ("method", "task", "target", "sources", "seed", "hparams_seed", "hparams", "domains", "resumed")
+    metrics = {**{k: m[k] for k in keep if k in m}, "target_test_acc": acc, "selected_step": m.get("online_selected_step")}
+    return replace(r, path=r.path + ONLINE, method=column, acc=float(acc), metrics=metrics)
+
+
+def find_runs(dirs: Iterable[str | Path], online: bool = False) -> list[Run]:
+    """Every run folder below `dirs` (a folder with metrics.json, run_config.json or .hydra/), each once; `online`:
+    each run with averaging also as the method without it (`online_run`), unless that run is there itself."""
     seen: set[Path] = set()
     runs: list[Run] = []
     for d in dirs:
@@ -240,8 +266,10 @@ def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 m = None
             runs.append(_run_from_metrics(shown, m, cfg) if isinstance(m, dict) else _run_from_config(shown, cfg, "unreadable"))
+            if online and (plain := online_run(runs[-1], cfg)) is not None:
+                runs.append(plain)
     _mark_duplicates(runs)
-    return runs
+    return [r for r in runs if not (r.status == "duplicate" and r.path.endswith(ONLINE))]  # the run itself is there
 
 
 def runs_from_records(records: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]) -> list[Run]:
@@ -258,7 +286,7 @@ def _mark_duplicates(runs: list[Run]) -> None:
     They would otherwise count as two seeds and break the by-seed pairing.
     """
     first: dict[tuple[Any, ...], Run] = {}
-    for r in sorted(runs, key=lambda r: r.path):
+    for r in sorted(runs, key=lambda r: (r.path.endswith(ONLINE), r.path)):  # a run of its own before an online result
         if r.status not in ("ok", "nan") or r.group is None or r.seed is None:
             continue
         key = (r.group, r.method, r.row, r.draw, r.seed)

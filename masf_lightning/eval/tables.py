@@ -20,6 +20,14 @@ METHOD_ORDER = (
 PAIRED = ("masf", "masf_joint", "mldg", "coral", "deepall_zoom")  # each against DeepAll, seed by seed
 BASELINE = "deepall"
 ACC = "target_test_acc"
+AVERAGED = "+"  # `deepall+swad`: a method's column with weight averaging (metrics.json `averaging`)
+VS = " vs "  # a paired comparison against another column than DeepAll: `masf+swad vs masf`
+
+
+def comparison(key: str) -> tuple[str, str]:
+    """(variant, baseline) of a paired-comparison key: `masf` is MASF − DeepAll, `masf+swad vs masf` MASF + SWAD − MASF."""
+    variant, _, baseline = key.partition(VS)
+    return variant, baseline or BASELINE
 
 Row = tuple[str, tuple[str, ...]]  # (target, sources)
 Draws = dict[int, dict[int, Run]]  # draw → seed → run
@@ -34,8 +42,9 @@ def row_key(row: Row) -> tuple[object, ...]:
     return (target_key(row[0]), -len(row[1]), [target_key(s) for s in row[1]])
 
 
-def method_key(m: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+def method_key(m: str) -> tuple[int, bool, str]:
+    base = m.split(AVERAGED, 1)[0]  # a method with averaging right after the method
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), AVERAGED in m, m)
 
 
 @dataclass
@@ -69,16 +78,24 @@ class Table:
 
     @property
     def paired(self) -> list[str]:
-        """The methods with a paired difference column against DeepAll."""
-        return [m for m in PAIRED if m in self.methods] if BASELINE in self.methods else []
+        """The paired comparisons (`comparison` keys): PAIRED's methods against DeepAll; a method with averaging
+        against the same method without it, and against DeepAll."""
+        out = [m for m in PAIRED if m in self.methods] if BASELINE in self.methods else []
+        for m in self.methods:
+            if AVERAGED in m:
+                base = m.split(AVERAGED, 1)[0]
+                out += [f"{m}{VS}{base}"] if base in self.methods and base != BASELINE else []
+                out += [m] if BASELINE in self.methods else []
+        return out
 
     def cell(self, method: str, row: Row, key: str = ACC, scale: float = 100.0) -> Cell:
         runs = self.runs.get((method, row), {})
         return Cell({s: scale * v for s, r in runs.items() if (v := r.value(key)) is not None})
 
-    def paired_diffs(self, variant: str, row: Row, key: str = ACC, scale: float = 100.0) -> tuple[list[float], list[int]]:
-        """Variant − DeepAll per seed, over the seeds both have the metric for; and those seeds."""
-        a, b = self.cell(variant, row, key, scale).by_seed, self.cell(BASELINE, row, key, scale).by_seed
+    def paired_diffs(self, compared: str, row: Row, key: str = ACC, scale: float = 100.0) -> tuple[list[float], list[int]]:
+        """Variant − baseline (a `comparison` key) per seed, over the seeds both have the metric for; and those seeds."""
+        variant, baseline = comparison(compared)
+        a, b = self.cell(variant, row, key, scale).by_seed, self.cell(baseline, row, key, scale).by_seed
         seeds = sorted(set(a) & set(b))
         return [a[s] - b[s] for s in seeds], seeds
 
