@@ -5,6 +5,7 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 BREAKHIS ?=
 SEEDS    ?= 0,1,2
+TEST_WORKERS ?= 2
 TARGETS  := 40x,100x,200x,400x
 
 .PHONY: help install train test lint bench gpu-check demo data weights table1 table2 fig2 reproduce transfer mpp-curve tensorboard clean
@@ -22,8 +23,8 @@ install: $(STAMP) ## create .venv and install the package (idempotent)
 train: install ## the main job: MASF on the embedded synthetic data, target 400x, CPU (ARGS=... for overrides)
 	$(PY) train.py $(ARGS)
 
-test: install ## the test suite (offline, CPU)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install ## the test suite (offline, CPU; TEST_WORKERS=2 processes, a test file per process at a time)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install ## static checks
 	$(PY) -m ruff check masf_lightning experiments tests train.py

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,13 @@ from masf_lightning.checkpoints import SafeCheckpointIO, load_checkpoint
 from masf_lightning.choices import SELECTIONS
 from masf_lightning.config.hparams import of_method
 from masf_lightning.data.datamodule import MagnificationDataModule
-from masf_lightning.errors import ConfigError, DataError, MasfError, TrainingError
+from masf_lightning.errors import MasfError, TrainingError
 from masf_lightning.eval.report import evaluate
 from masf_lightning.eval.tensorboard import evaluation_figures, log_evaluation
-from masf_lightning.io import METRICS_FILE, RUN_CONFIG_FILE, atomic_path, write_json_atomic
+from masf_lightning.io import METRICS_FILE, atomic_path, write_json_atomic
 from masf_lightning.models import Backbone
 from masf_lightning.relations import require_choice
+from masf_lightning.run_folder import claim_run_dir, last_checkpoint_path, resume_step
 from masf_lightning.timing import PhaseTimer, phases
 from masf_lightning.track import build_loggers, grouping, send_finished, send_identity
 from masf_lightning.track.record import FIGURES_DIR, code_commit
@@ -163,10 +163,6 @@ class TrainProgressBar(TQDMProgressBar):
         return Tqdm(disable=True)
 
 
-def last_checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.ckpt"
-
-
 def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint, OracleTracker]:
     require_choice("selection", cfg.selection, tuple(SELECTIONS))
     monitor = SELECTIONS[cfg.selection]
@@ -210,64 +206,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[pl.Trainer, ModelChec
         plugins=[SafeCheckpointIO()],  # resume (fit's ckpt_path) reads last.ckpt with weights_only=True
     )
     return trainer, checkpoint, oracle
-
-
-# Keys that may differ between a run and its resumption without changing its result.
-NON_RESULT_KEYS = ("paths", "progress", "trainer", "gpu_pool", "logger")
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def claim_run_dir(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Make `run_dir` this config's own: refuse one that holds another config's run; return finished metrics.
-
-    A run dir is reused only by the same configuration (that is how an interrupted run resumes and a
-    finished one is skipped); anything else would mix or overwrite results.
-    """
-    wanted = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NON_RESULT_KEYS}
-    path = run_dir / RUN_CONFIG_FILE
-    if path.is_file():
-        try:
-            have = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            have = None
-        a, b = _flat(have or {}), _flat(json.loads(json.dumps(wanted, default=str)))
-        if "averaging" not in (have or {}) and b.get("averaging.name") == "none":  # a run from before the group: none
-            b = {k: v for k, v in b.items() if not k.startswith("averaging.")}
-        # a key added to the configs since (absent there, null here) changes nothing: same run
-        key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
-        if have is not None and key is not None:
-            raise ConfigError(
-                f"{run_dir} already holds a run with {key}={a.get(key)!r} (now {b.get(key)!r}); "
-                "choose another hydra.run.dir or delete that folder"
-            )
-        metrics = run_dir / METRICS_FILE
-        if metrics.is_file():
-            try:
-                return json.loads(metrics.read_text())
-            except json.JSONDecodeError:
-                pass  # written atomically, so this is a foreign file: recompute
-    else:
-        write_json_atomic(path, wanted)
-    return None
-
-
-def resume_step(last: Path) -> int | None:
-    """The step `last.ckpt` holds, or None for a fresh run; mmap reads the step without loading the weights."""
-    if not last.is_file():
-        return None
-    try:
-        return int(load_checkpoint(last, mmap=True)["global_step"])
-    except (DataError, KeyError, TypeError, ValueError) as exc:
-        reason = str(exc) if isinstance(exc, DataError) else f"{last}: no global_step ({type(exc).__name__})"
-        raise DataError(f"{reason}; delete it to restart this run from step 0") from None
 
 
 def identity(cfg: DictConfig, dm: MagnificationDataModule) -> dict[str, Any]:

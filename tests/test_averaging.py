@@ -246,7 +246,7 @@ def test_collect_pairs_averaging_with_its_method_and_deepall(tmp_path: Path, cap
 
 
 def test_a_run_from_before_the_averaging_group_is_still_the_same_run(tmp_path: Path) -> None:
-    from masf_lightning.pipeline import claim_run_dir
+    from masf_lightning.run_folder import claim_run_dir
     from tests.test_config_schema import compose_train
 
     cfg = compose_train(["paths.data=/tmp/unused"])

@@ -104,7 +104,7 @@ def test_last_ckpt_is_the_latest_step_when_validation_never_improves(tmp_path: P
 
 def test_unreadable_last_ckpt_is_one_clear_error(tmp_path: Path) -> None:
     from masf_lightning.errors import DataError
-    from masf_lightning.pipeline import resume_step
+    from masf_lightning.run_folder import resume_step
 
     last = tmp_path / "last.ckpt"
     last.write_bytes(b"half a checkpoint")
@@ -194,7 +194,7 @@ def test_run_dir_claim_treats_a_key_added_as_null_as_the_same_run(tmp_path: Path
     from omegaconf import OmegaConf
 
     from masf_lightning.errors import ConfigError
-    from masf_lightning.pipeline import RUN_CONFIG_FILE, claim_run_dir
+    from masf_lightning.run_folder import RUN_CONFIG_FILE, claim_run_dir
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -174,8 +174,8 @@ def test_a_checkpoint_that_would_run_code_is_refused(run_dir: Path, own: dict, t
     assert predict.main([str(run), str(own["paths"][0]), "--out", str(tmp_path / "p.csv"), "--device", "cpu"]) == 2
     err = _errors(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith(f"error: {selected}: refused, loading it would call ") and "system" in err[0]
-    from masf_lightning.pipeline import resume_step
     from masf_lightning.reevaluate import reevaluate
+    from masf_lightning.run_folder import resume_step
 
     for load in (lambda: resume_step(run / "checkpoints" / "last.ckpt"), lambda: reevaluate(run, device="cpu"), lambda: SafeCheckpointIO().load_checkpoint(selected)):
         with pytest.raises(DataError, match="refused"):

@@ -55,8 +55,6 @@ def _devices_ok(d: Any) -> bool:
     return all(i >= 0 for i in d)
 
 
-
-
 # -- logger: where a run's curves, numbers and files go (conf/logger/; any number at once) --------------------
 @dataclass
 class NoOptions:
