@@ -27,7 +27,8 @@ _MPP_KEYS: tuple[tuple[str, str], ...] = (
 _UM_PER_UNIT: dict[int, float] = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
 
 
-def _positive(value: Any) -> float | None:
+def positive_number(value: Any) -> float | None:
+    """A finite number > 0 (µm/px as a file or a labels table writes it), else None."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -38,7 +39,7 @@ def _positive(value: Any) -> float | None:
 def mpp_from_properties(props: Mapping[str, Any]) -> float | None:
     """µm/px (mean of x and y) from a reader's properties, or None."""
     for kx, ky in _MPP_KEYS:
-        x, y = _positive(props.get(kx)), _positive(props.get(ky))
+        x, y = positive_number(props.get(kx)), positive_number(props.get(ky))
         if x and y:
             return (x + y) / 2
     return None
@@ -55,7 +56,7 @@ def mpp_from_tiff_tags(path: str | Path) -> float | None:
             xr, yr = tags.get("XResolution"), tags.get("YResolution")
             if unit not in _UM_PER_UNIT or xr is None or yr is None:
                 return None
-            per = [_positive(t.value[0] / t.value[1]) if isinstance(t.value, tuple) else _positive(t.value) for t in (xr, yr)]
+            per = [positive_number(t.value[0] / t.value[1]) if isinstance(t.value, tuple) else positive_number(t.value) for t in (xr, yr)]
     except Exception:  # not a TIFF, or one tifffile cannot parse: no mpp from tags
         return None
     if not all(per):

@@ -9,7 +9,6 @@ A slide without a marker is redone from scratch, so a re-run after a kill writes
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from masf_lightning.data.tile.grid import domain_name, plan_levels, read_patches, region_centres
 from masf_lightning.data.tile.labels import ANNOTATION_COLUMN, Annotations
-from masf_lightning.data.tile.slides import open_slide
+from masf_lightning.data.tile.slides import open_slide, positive_number
 from masf_lightning.data.tile.tissue import THUMB_SIDE, TissueMask
 from masf_lightning.errors import ConfigError
 
@@ -117,7 +116,7 @@ def tile_slide(job: TileJob) -> SlideResult:
 
 
 def _tile_open_slide(job: TileJob, slide, result: SlideResult, patch_dir: Path, done: Path) -> SlideResult:
-    base_mpp = job.slide_mpp or _positive(job.labels.get("mpp")) or slide.mpp
+    base_mpp = job.slide_mpp or positive_number(job.labels.get("mpp")) or slide.mpp
     if base_mpp is None:
         result.skipped = f"{job.path} (no µm per pixel in the file: give --slide-mpp or an mpp column in --labels)"
         return result
@@ -165,14 +164,6 @@ def _tile_open_slide(job: TileJob, slide, result: SlideResult, patch_dir: Path, 
     if not rows:
         result.notes.append(f"note: {job.name}: no region kept (tissue below --min-tissue {job.min_tissue}, or outside every annotation)")
     return result
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
 
 
 def _thumbnail(job: TileJob, thumb: np.ndarray, ds: float, base_mpp: float, coarse: float, drawn: list) -> None:
